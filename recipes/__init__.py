@@ -1,0 +1,4 @@
+raise ImportError(
+    "recipes/ holds runnable training scripts, not a package: run them with "
+    "`accelerate launch recipes/<name>.py` instead of importing them."
+)

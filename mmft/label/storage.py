@@ -1,0 +1,370 @@
+"""The labelling database: SQLite through the standard library.
+
+Tables:
+    labelers(name, token_sha256, created): who may label; only a hash of each token is kept.
+    pairs(pair_id, position, image, prompt, caption_a, caption_b, metadata): every pair ever
+        loaded. `position` is the pair's index in the pairs file now being served, NULL for
+        pairs that are not in it (kept because labels may point at them).
+    labels(labeler, pair_id, choice, time): one row per (labeler, pair); a repeated
+        submission overwrites the choice (UNIQUE + upsert), so retries are idempotent.
+    queue(labeler, pair_id, state, seq): per-labeler ordering overrides: 'skipped' pairs go
+        to the back, an undone ('requeued') pair comes next.
+
+Durability: WAL journal with `synchronous=FULL`, so a COMMIT has reached the disk (fsync of
+the WAL) before it returns, and the server answers 200 only after COMMIT. A label that was
+acknowledged therefore survives a kill -9 of the server, and a power cut.
+
+Every function takes an open connection; the server opens one per request (sqlite3
+connections are cheap and this keeps threads from sharing one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmft.label.pairs import Pair
+
+CHOICES = ("A", "B", "tie", "both_bad")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labelers (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    pair_id TEXT PRIMARY KEY,
+    position INTEGER UNIQUE,
+    image TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    caption_a TEXT NOT NULL,
+    caption_b TEXT NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY,
+    labeler TEXT NOT NULL REFERENCES labelers(name),
+    pair_id TEXT NOT NULL REFERENCES pairs(pair_id),
+    choice TEXT NOT NULL CHECK (choice IN ('A', 'B', 'tie', 'both_bad')),
+    time REAL NOT NULL,
+    UNIQUE (labeler, pair_id)
+);
+CREATE TABLE IF NOT EXISTS queue (
+    labeler TEXT NOT NULL REFERENCES labelers(name),
+    pair_id TEXT NOT NULL REFERENCES pairs(pair_id),
+    state TEXT NOT NULL CHECK (state IN ('skipped', 'requeued')),
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (labeler, pair_id)
+);
+"""
+
+_TABLES = ("labelers", "pairs", "labels", "queue")
+_MAX_NAME_LENGTH = 64
+
+
+class LabelStoreError(ValueError):
+    """A request the database cannot satisfy; the message says what to do."""
+
+
+class UnknownPairError(LabelStoreError):
+    """The pair_id is not among the pairs being served."""
+
+
+@dataclass(frozen=True)
+class NextPair:
+    """The pair a labeler should see next."""
+
+    pair_id: str
+    prompt: str
+    caption_a: str
+    caption_b: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How many of the served pairs a labeler has labelled."""
+
+    done: int
+    total: int
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def connect(db_path: str | Path, create: bool = False) -> sqlite3.Connection:
+    """Open the database with the settings every connection needs.
+
+    Args:
+        db_path: the SQLite file.
+        create: create the file and schema when missing (serve, add-labeler). Without it a
+            missing or uninitialised database is an error (export, inspection).
+
+    The connection is in autocommit mode; writes go through `write_transaction`.
+    """
+    db_path = Path(db_path)
+    if create:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    elif not db_path.is_file():
+        raise LabelStoreError(
+            f"{db_path}: database not found (it is created by `mmft label add-labeler` or `serve`)"
+        )
+    # check_same_thread=False: FastAPI may run a request's steps on different pool threads;
+    # each connection still serves one request at a time.
+    conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    # FULL: fsync the WAL at every commit, so an acknowledged label is on disk.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if create:
+        # WAL lets page loads read while a label commits; the mode persists in the file.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+    else:
+        present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not set(_TABLES) <= present:
+            conn.close()
+            raise LabelStoreError(
+                f"{db_path}: not a labelling database (tables {', '.join(_TABLES)} missing)"
+            )
+    return conn
+
+
+@contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error.
+
+    IMMEDIATE takes the write lock up front, so two writers queue on the busy timeout
+    instead of one failing with SQLITE_BUSY when it upgrades a read lock.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def add_labeler(db_path: str | Path, name: str) -> str:
+    """Register labeler `name` in `db_path` (created if missing) and return their new token.
+
+    The token is shown only now: the database keeps its SHA-256.
+
+    Raises:
+        LabelStoreError: the name is empty, too long, or already taken.
+    """
+    name = name.strip()
+    if not name or len(name) > _MAX_NAME_LENGTH:
+        raise LabelStoreError(f"labeler name must be 1 to {_MAX_NAME_LENGTH} characters, got {name!r}")
+    token = secrets.token_urlsafe(24)
+    with closing(connect(db_path, create=True)) as conn, write_transaction(conn):
+        if conn.execute("SELECT 1 FROM labelers WHERE name = ?", (name,)).fetchone():
+            raise LabelStoreError(f"labeler {name!r} already exists in {db_path}; pick another name")
+        conn.execute(
+            "INSERT INTO labelers (name, token_sha256, created) VALUES (?, ?, ?)",
+            (name, _hash_token(token), time.time()),
+        )
+    return token
+
+
+def labeler_for_token(conn: sqlite3.Connection, token: str) -> str | None:
+    """The name of the labeler holding `token`, or None."""
+    row = conn.execute("SELECT name FROM labelers WHERE token_sha256 = ?", (_hash_token(token),)).fetchone()
+    return row["name"] if row else None
+
+
+def count_labelers(conn: sqlite3.Connection) -> int:
+    """How many labelers are registered."""
+    return conn.execute("SELECT COUNT(*) FROM labelers").fetchone()[0]
+
+
+def sync_pairs(conn: sqlite3.Connection, pairs: Sequence[Pair], source: str | Path) -> None:
+    """Make `pairs` (read from `source`) the pairs being served, in their file order.
+
+    New pairs are added; known ones get their image path and metadata refreshed (images may
+    have moved). Pairs not in `pairs` stay in the table, unserved, with their labels.
+
+    Raises:
+        LabelStoreError: a pair that already has labels now has a different prompt or
+            caption; its labels would silently describe other text. Give it a new pair_id.
+    """
+    with write_transaction(conn):
+        conn.execute("UPDATE pairs SET position = NULL")
+        for position, pair in enumerate(pairs):
+            old = conn.execute(
+                "SELECT prompt, caption_a, caption_b FROM pairs WHERE pair_id = ?", (pair.pair_id,)
+            ).fetchone()
+            changed = old is not None and tuple(old) != (pair.prompt, pair.caption_a, pair.caption_b)
+            if changed and conn.execute("SELECT 1 FROM labels WHERE pair_id = ?", (pair.pair_id,)).fetchone():
+                raise LabelStoreError(
+                    f"{source}:{pair.line}: pair {pair.pair_id!r} already has labels in the database but its "
+                    "prompt or captions changed; give the changed pair a new pair_id"
+                )
+            conn.execute(
+                "INSERT INTO pairs (pair_id, position, image, prompt, caption_a, caption_b, metadata) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pair_id) DO UPDATE SET position = excluded.position, "
+                "image = excluded.image, prompt = excluded.prompt, caption_a = excluded.caption_a, "
+                "caption_b = excluded.caption_b, metadata = excluded.metadata",
+                (
+                    pair.pair_id,
+                    position,
+                    str(pair.image),
+                    pair.prompt,
+                    pair.caption_a,
+                    pair.caption_b,
+                    json.dumps(pair.metadata, ensure_ascii=False),
+                ),
+            )
+
+
+def image_path(conn: sqlite3.Connection, pair_id: str) -> Path:
+    """The image file of a served pair.
+
+    Raises:
+        UnknownPairError: `pair_id` is not served.
+    """
+    row = conn.execute(
+        "SELECT image FROM pairs WHERE pair_id = ? AND position IS NOT NULL", (pair_id,)
+    ).fetchone()
+    if row is None:
+        raise UnknownPairError(f"unknown pair_id {pair_id!r}")
+    return Path(row["image"])
+
+
+def next_pair(conn: sqlite3.Connection, labeler: str) -> NextPair | None:
+    """The next served pair `labeler` has not labelled, or None when all are labelled.
+
+    Order: the most recently undone pair first, then unvisited pairs in file order, then
+    skipped pairs, longest-skipped first (so skipping defers a pair, never drops it).
+    """
+    row = conn.execute(
+        """
+        SELECT p.pair_id, p.prompt, p.caption_a, p.caption_b
+        FROM pairs AS p
+        LEFT JOIN queue AS q ON q.pair_id = p.pair_id AND q.labeler = :labeler
+        WHERE p.position IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM labels AS l WHERE l.pair_id = p.pair_id AND l.labeler = :labeler)
+        ORDER BY CASE q.state WHEN 'requeued' THEN 0 WHEN 'skipped' THEN 2 ELSE 1 END,
+                 CASE q.state WHEN 'requeued' THEN -q.seq ELSE q.seq END,
+                 p.position
+        LIMIT 1
+        """,
+        {"labeler": labeler},
+    ).fetchone()
+    return NextPair(**dict(row)) if row else None
+
+
+def progress(conn: sqlite3.Connection, labeler: str) -> Progress:
+    """Labelled and total counts over the served pairs."""
+    row = conn.execute(
+        """
+        SELECT (SELECT COUNT(*) FROM labels AS l JOIN pairs AS p ON p.pair_id = l.pair_id
+                WHERE l.labeler = ? AND p.position IS NOT NULL),
+               (SELECT COUNT(*) FROM pairs WHERE position IS NOT NULL)
+        """,
+        (labeler,),
+    ).fetchone()
+    return Progress(done=row[0], total=row[1])
+
+
+def _require_served(conn: sqlite3.Connection, pair_id: str) -> None:
+    if (
+        conn.execute("SELECT 1 FROM pairs WHERE pair_id = ? AND position IS NOT NULL", (pair_id,)).fetchone()
+        is None
+    ):
+        raise UnknownPairError(f"unknown pair_id {pair_id!r}")
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM queue").fetchone()[0]
+
+
+def record_label(conn: sqlite3.Connection, labeler: str, pair_id: str, choice: str) -> None:
+    """Store `labeler`'s `choice` for `pair_id`; a repeat replaces the earlier choice.
+
+    Raises:
+        LabelStoreError: `choice` is not one of CHOICES.
+        UnknownPairError: `pair_id` is not served.
+    """
+    if choice not in CHOICES:
+        raise LabelStoreError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    with write_transaction(conn):
+        _require_served(conn, pair_id)
+        conn.execute(
+            "INSERT INTO labels (labeler, pair_id, choice, time) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (labeler, pair_id) DO UPDATE SET choice = excluded.choice, time = excluded.time",
+            (labeler, pair_id, choice, time.time()),
+        )
+        conn.execute("DELETE FROM queue WHERE labeler = ? AND pair_id = ?", (labeler, pair_id))
+
+
+def skip_pair(conn: sqlite3.Connection, labeler: str, pair_id: str) -> None:
+    """Send `pair_id` to the back of `labeler`'s queue; it comes back after the others.
+
+    Raises:
+        UnknownPairError: `pair_id` is not served.
+    """
+    with write_transaction(conn):
+        _require_served(conn, pair_id)
+        conn.execute(
+            "INSERT INTO queue (labeler, pair_id, state, seq) VALUES (?, ?, 'skipped', ?) "
+            "ON CONFLICT (labeler, pair_id) DO UPDATE SET state = excluded.state, seq = excluded.seq",
+            (labeler, pair_id, _next_seq(conn)),
+        )
+
+
+def undo_last(conn: sqlite3.Connection, labeler: str) -> tuple[str, str] | None:
+    """Delete `labeler`'s most recent label and put its pair at the front of their queue.
+
+    Returns:
+        (pair_id, choice) of the removed label, or None when the labeler has no labels.
+    """
+    with write_transaction(conn):
+        row = conn.execute(
+            "SELECT id, pair_id, choice FROM labels WHERE labeler = ? ORDER BY time DESC, id DESC LIMIT 1",
+            (labeler,),
+        ).fetchone()
+        if row is None:
+            return None
+        conn.execute("DELETE FROM labels WHERE id = ?", (row["id"],))
+        conn.execute(
+            "INSERT INTO queue (labeler, pair_id, state, seq) VALUES (?, ?, 'requeued', ?) "
+            "ON CONFLICT (labeler, pair_id) DO UPDATE SET state = excluded.state, seq = excluded.seq",
+            (labeler, row["pair_id"], _next_seq(conn)),
+        )
+    return row["pair_id"], row["choice"]
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One stored label joined with its pair, as export reads it."""
+
+    labeler: str
+    pair_id: str
+    choice: str
+    time: float
+    image: Path
+    prompt: str
+    caption_a: str
+    caption_b: str
+
+
+def read_labels(conn: sqlite3.Connection) -> list[LabelRow]:
+    """Every label with its pair's content, ordered by time (then insertion)."""
+    rows = conn.execute(
+        """
+        SELECT l.labeler, l.pair_id, l.choice, l.time, p.image, p.prompt, p.caption_a, p.caption_b
+        FROM labels AS l JOIN pairs AS p ON p.pair_id = l.pair_id
+        ORDER BY l.time, l.id
+        """
+    ).fetchall()
+    return [LabelRow(**{**dict(row), "image": Path(row["image"])}) for row in rows]

@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "mmft.testing.cli",  # archs, make-tiny
     "mmft.label.cli",  # label serve | add-labeler | export
+    "mmft.hub_cli",  # push
 )
 
 

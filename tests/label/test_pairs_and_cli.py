@@ -113,6 +113,7 @@ def test_add_labeler_cli_prints_a_token_stored_only_as_a_hash(tmp_path, capsys):
         stored = conn.execute("SELECT token_sha256 FROM labelers").fetchone()[0]
         assert token not in stored
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: fsync at every commit
     assert _run_cli(["label", "add-labeler", "alice", "--db", str(db)]) == 1
     assert "already exists" in capsys.readouterr().err
 

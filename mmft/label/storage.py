@@ -323,14 +323,18 @@ def skip_pair(conn: sqlite3.Connection, labeler: str, pair_id: str) -> None:
 
 
 def undo_last(conn: sqlite3.Connection, labeler: str) -> tuple[str, str] | None:
-    """Delete `labeler`'s most recent label and put its pair at the front of their queue.
+    """Delete `labeler`'s most recent label on a served pair and put that pair first in their queue.
+
+    "Most recent" is by submission time, so re-submitting a pair makes it the one undone.
 
     Returns:
         (pair_id, choice) of the removed label, or None when the labeler has no labels.
     """
     with write_transaction(conn):
+        # Only labels on served pairs: undoing one the labeler cannot see would just delete it.
         row = conn.execute(
-            "SELECT id, pair_id, choice FROM labels WHERE labeler = ? ORDER BY time DESC, id DESC LIMIT 1",
+            "SELECT l.id, l.pair_id, l.choice FROM labels AS l JOIN pairs AS p ON p.pair_id = l.pair_id "
+            "WHERE l.labeler = ? AND p.position IS NOT NULL ORDER BY l.time DESC, l.id DESC LIMIT 1",
             (labeler,),
         ).fetchone()
         if row is None:

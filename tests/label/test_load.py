@@ -58,7 +58,9 @@ def test_eight_concurrent_labelers_store_exactly_800_rows(tmp_path, start_server
     assert stored == {(name, pair_id): choice for name, items in plan.items() for pair_id, choice in items}
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 800
-        duplicates = conn.execute("SELECT labeler, pair_id FROM labels GROUP BY 1, 2 HAVING COUNT(*) > 1").fetchall()
+        duplicates = conn.execute(
+            "SELECT labeler, pair_id FROM labels GROUP BY 1, 2 HAVING COUNT(*) > 1"
+        ).fetchall()
         assert duplicates == []
     assert "Traceback" not in server.log()
 

@@ -100,6 +100,8 @@ def test_changing_the_text_of_a_labelled_pair_is_refused(tmp_path):
         assert conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 1
         with pytest.raises(storage.UnknownPairError):
             storage.record_label(conn, "ann", "p000", "B")
+        assert storage.undo_last(conn, "ann") is None  # ann's only label is on an unserved pair: kept
+        assert conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 1
 
 
 def test_add_labeler_cli_prints_a_token_stored_only_as_a_hash(tmp_path, capsys):

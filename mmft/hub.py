@@ -59,6 +59,7 @@ class RunInfo:
     """What the model card is built from. Every field may be empty for a bare adapter."""
 
     adapter_config: dict[str, Any]
+    run_dir: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
     eval_results: dict[str, Any] = field(default_factory=dict)
@@ -136,7 +137,7 @@ def load_run_info(adapter_dir: str | os.PathLike, run_dir: str | os.PathLike | N
         raise PushError(f"--run-dir {run_dir} is not a directory.")
     if run_dir is None:
         return info
-    run_dir = Path(run_dir)
+    run_dir = info.run_dir = Path(run_dir)
     info.config_file = next((run_dir / n for n in CONFIG_FILES if (run_dir / n).is_file()), None)
     if info.config_file:
         info.config = _read_config(info.config_file)
@@ -168,6 +169,21 @@ def _eval_table(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str,
 def _looks_like_hub_id(name: str) -> bool:
     # Local paths make invalid `base_model` metadata (the Hub links it to a repo).
     return bool(name) and not Path(name).is_absolute() and not Path(name).exists() and name.count("/") <= 1
+
+
+def _dataset_ids(spec: str) -> tuple[str, str, str | None]:
+    """(model-index dataset type, readable name, Hub dataset id or None) of a data spec
+    (`mmft.data.loaders`): local paths never go into the metadata, only the source kind
+    and file name."""
+    if not spec:
+        return "custom", "evaluation set", None
+    kind, _, rest = spec.partition(":")
+    if kind == "hf" and rest:
+        name = rest.split(":")[0]
+        return (name, name, name) if _looks_like_hub_id(name) else ("custom", Path(name).name, None)
+    if not rest:
+        return kind, kind, None
+    return kind, f"{kind} ({Path(rest.split(':')[0]).name})", None
 
 
 def _scalar_rows(section: Any) -> list[tuple[str, str]]:
@@ -202,18 +218,22 @@ def build_model_card(info: RunInfo, repo_id: str, *, has_processor: bool, includ
 
     algo = info.algorithm
     data = info.config.get("data") if isinstance(info.config.get("data"), dict) else {}
-    data_name = str(data.get("dataset") or data.get("spec") or data.get("dataset_name") or "")
+    spec = str(data.get("dataset") or data.get("spec") or data.get("dataset_name") or "")
+    dataset_type, dataset_name, hub_dataset = _dataset_ids(spec)
+    is_vqa = spec.startswith(("vqa", "synthetic-vqa"))
     columns, metrics = _eval_table(info.eval_results)
     final = "after" if "after" in columns else "value"
     eval_results = [
-        EvalResult(task_type="image-to-text", task_name="Image captioning", dataset_type=data_name or "custom",
-                   dataset_name=data_name or "evaluation set", metric_type=m.lower(), metric_name=m,
+        EvalResult(task_type="visual-question-answering" if is_vqa else "image-to-text",
+                   task_name="Visual question answering" if is_vqa else "Image captioning",
+                   dataset_type=dataset_type, dataset_name=dataset_name, metric_type=m.lower(), metric_name=m,
                    metric_value=float(v[final]))
         for m, v in metrics.items() if final in v and isinstance(v[final], (int, float))
     ]
     tags = ["mmft", "vision-language", "rlhf"] + ([algo] if algo else []) + ["lora"]
     card_data = ModelCardData(library_name="peft", pipeline_tag="image-text-to-text", tags=tags,
                               base_model=info.base_model if _looks_like_hub_id(info.base_model) else None,
+                              datasets=[hub_dataset] if hub_dataset else None,
                               model_name=repo_id, eval_results=eval_results or None)
 
     base = info.base_model
@@ -268,7 +288,7 @@ def build_model_card(info: RunInfo, repo_id: str, *, has_processor: bool, includ
             f'processor = AutoProcessor.from_pretrained("{processor_source}")', "",
             'messages = [{"role": "user", "content": [{"type": "image"}, '
             '{"type": "text", "text": "Describe the image in one sentence."}]}]',
-            "text = processor.apply_chat_template(messages, add_generation_prompt=True)",
+            "text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)",
             'inputs = processor(images=[Image.open("photo.jpg")], text=[text], return_tensors="pt")',
             "output = model.generate(**inputs, max_new_tokens=40, do_sample=False)",
             'print(processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])',
@@ -304,7 +324,7 @@ def prepare_push_folder(adapter_dir: str | os.PathLike, output_dir: str | os.Pat
         raise PushError(f"The output folder {output_dir} is not empty: pass a new or empty folder.")
     critic = None
     if include_critic:
-        critic = next((d / CRITIC_DIR for d in (adapter_dir, info.config_file.parent if info.config_file else None)
+        critic = next((d / CRITIC_DIR for d in (adapter_dir, info.run_dir)
                        if d is not None and (d / CRITIC_DIR).is_dir()), None)
         if critic is None:
             raise PushError(f"--include-critic: no {CRITIC_DIR}/ folder in {adapter_dir} or the run directory.")

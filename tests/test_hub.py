@@ -221,7 +221,7 @@ def test_dry_run_folder_reloads_to_the_same_captions(run, tmp_path, capsys):
 def test_model_card_for_a_hub_base_and_flat_eval():
     info = RunInfo(adapter_config={"base_model_name_or_path": "llava-hf/llava-1.5-7b-hf", "r": 16,
                                    "peft_type": "LORA", "target_modules": ["q_proj", "v_proj"]},
-                   config={"algorithm": {"algorithm": "scst"}, "data": {"dataset": "coco"}},
+                   config={"algorithm": {"algorithm": "scst"}, "data": {"dataset": "hf:yerevann/coco-karpathy"}},
                    eval_results={"CIDEr": 1.05, "SPICE": 0.2})
     card = build_model_card(info, "bob/llava-scst", has_processor=False, include_critic=False)
     meta = yaml.safe_load(card.split("---")[1])
@@ -229,11 +229,19 @@ def test_model_card_for_a_hub_base_and_flat_eval():
     assert "scst" in meta["tags"] and "ppo" not in meta["tags"]
     results = meta["model-index"][0]["results"]
     assert {(r["dataset"]["type"], m["type"], m["value"]) for r in results for m in r["metrics"]} == \
-        {("coco", "cider", 1.05), ("coco", "spice", 0.2)}
+        {("yerevann/coco-karpathy", "cider", 1.05), ("yerevann/coco-karpathy", "spice", 0.2)}
+    assert meta["datasets"] == ["yerevann/coco-karpathy"]
     assert "| CIDEr | 1.0500 |" in card and "fine-tuned with SCST" in card
     # No processor in the repo: the snippet loads it from the base model.
     assert 'AutoProcessor.from_pretrained("llava-hf/llava-1.5-7b-hf")' in card
     assert '| target_modules | ["q_proj", "v_proj"] |' in card
+
+    # A local data spec names the source kind and file, never the local path.
+    info.config["data"]["dataset"] = "vqa:/data/vqa/q.json:/data/vqa/a.json:/data/coco/val2014"
+    meta = yaml.safe_load(build_model_card(info, "bob/x", has_processor=True, include_critic=False).split("---")[1])
+    (result,) = meta["model-index"][0]["results"]
+    assert result["task"]["type"] == "visual-question-answering"
+    assert result["dataset"] == {"type": "vqa", "name": "vqa (q.json)"} and "datasets" not in meta
 
 
 def test_bad_inputs_give_clear_errors(run, tmp_path, monkeypatch):

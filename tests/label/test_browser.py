@@ -6,6 +6,7 @@ with exactly the labels made. A caption full of markup must render as text.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def test_labelling_by_click_keys_skip_and_undo_lands_exactly_in_the_database(bro
     assert SCREENSHOT.stat().st_size > 5_000
 
 
-def test_token_in_the_url_logs_in_and_is_removed_from_the_address_bar(browser, tmp_path, start_server):
+def test_url_token_login_missing_image_and_held_keys(browser, tmp_path, start_server):
     pairs = write_pairs(tmp_path, 2)
     db = tmp_path / "labels.sqlite"
     token = add_labeler(db, "dave")
@@ -163,11 +164,23 @@ def test_token_in_the_url_logs_in_and_is_removed_from_the_address_bar(browser, t
     _expect_pair(page, "p000")
     assert "token" not in page.url
     assert page.evaluate("() => localStorage.getItem('mmft-label-token')") == token
+    (pairs.parent / "images" / "1.png").unlink()  # p001's image disappears from the server
     page.keyboard.press("2")
     _expect_pair(page, "p001")
+    assert "image failed to load (404)" in page.text_content("#status")
+    # An auto-repeated key (held down) is ignored, so it cannot label the pairs that follow.
+    page.evaluate("() => document.dispatchEvent(new KeyboardEvent('keydown', {key: '1', repeat: true}))")
+    page.keyboard.press("s")  # skipping the only pair left brings it straight back
+    _expect_pair(page, "p001")  # waits for the skip round trip too (buttons re-enabled)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT pair_id, state FROM queue WHERE labeler = 'dave'").fetchall() == [
+            ("p001", "skipped")
+        ]
+    assert db_labels(db) == {("dave", "p000"): "B"}
     # Keys typed into the login box are not labels: log out, type "1" there.
     page.click("#logout")
     page.wait_for_selector("#login:not([hidden])")
     page.type("#token-input", "1234su")
     assert db_labels(db) == {("dave", "p000"): "B"}
-    assert seen["dialogs"] == [] and seen["errors"] == []
+    assert seen["dialogs"] == []
+    assert [e for e in seen["errors"] if "status of 404" not in e] == [], seen["errors"]  # the deleted image

@@ -110,3 +110,12 @@ def test_labels_acknowledged_before_kill_9_survive(tmp_path, start_server):
     assert lost == {}, f"{len(lost)} acknowledged labels missing after kill -9"
     # Anything beyond the acknowledged labels was committed but its 200 never arrived.
     assert len(stored) - len(acknowledged) <= LABELERS
+
+    # A restarted server carries on from the database.
+    restarted = start_server(pairs, db)
+    name = "user0"
+    done = sum(1 for who, _ in stored if who == name)
+    response = httpx.get(restarted.url + "/api/next", headers={"Authorization": f"Bearer {tokens[name]}"})
+    assert response.status_code == 200
+    assert response.json()["progress"] == {"done": done, "total": PAIRS}
+    assert (name, response.json()["pair_id"]) not in stored

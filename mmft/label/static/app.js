@@ -70,17 +70,24 @@ function setBusy(busy) {
   for (const button of document.querySelectorAll("main button, #finished button")) button.disabled = busy;
 }
 
+// Shows the pair's image; on failure shows none and says so, and the pair can be skipped.
 async function showImage(url) {
-  const response = await fetch(url, { headers: { Authorization: "Bearer " + state.token } });
-  if (!response.ok) throw new Error("image failed to load (" + response.status + ")");
-  const blob = await response.blob();
   if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
-  state.imageUrl = URL.createObjectURL(blob);
+  state.imageUrl = null;
+  $("image").removeAttribute("src");
+  const response = await fetch(url, { headers: { Authorization: "Bearer " + state.token } });
+  if (!response.ok) {
+    setStatus("The image failed to load (" + response.status + "); skip this pair with s.", true);
+    return;
+  }
+  state.imageUrl = URL.createObjectURL(await response.blob());
   $("image").src = state.imageUrl;
 }
 
 // Fetches and shows the next pair (or the "finished" view).
 async function loadNext() {
+  // Until the next pair is fully shown, no label may go to the pair that was on screen.
+  state.pairId = null;
   const { data } = await api("GET", "/api/next");
   $("progress").textContent = data.progress.done + " / " + data.progress.total + " labelled";
   $("who").textContent = "as " + data.labeler;
@@ -164,6 +171,8 @@ document.addEventListener("DOMContentLoaded", () => {
   document.addEventListener("keydown", (event) => {
     // Typing in the token box, or shortcuts of the browser, are not labels.
     if (event.target instanceof HTMLInputElement || event.ctrlKey || event.metaKey || event.altKey) return;
+    // A held key repeats; it must not label the pairs that follow.
+    if (event.repeat) return;
     const key = event.key.toLowerCase();
     if (key in KEYS && !$("task").hidden) choose(KEYS[key]);
     else if (key === "s" && !$("task").hidden) skip();

@@ -346,6 +346,18 @@ def prepare_push_folder(adapter_dir: str | os.PathLike, output_dir: str | os.Pat
     return sorted(files + ["README.md"])
 
 
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """Connection-level errors of the hub client's HTTP library: huggingface_hub 1.x uses
+    httpx, 2.x its fork httpx2 (whose exceptions do not subclass httpx's)."""
+    errors = []
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(name).TransportError)
+        except ImportError:
+            pass
+    return tuple(errors)
+
+
 def _hub_error(err: Exception, repo_id: str, endpoint: str, token: str | None) -> PushError:
     """A PushError for a failed Hub call: the status and what to do, never the token."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -354,7 +366,10 @@ def _hub_error(err: Exception, repo_id: str, endpoint: str, token: str | None) -
         return PushError("HF_HUB_OFFLINE is set: unset it to push, or use --dry-run --output DIR to only "
                          "write the folder.")
     status = err.response.status_code if isinstance(err, HfHubHTTPError) and err.response is not None else None
-    if status == 401:
+    if isinstance(err, _transport_errors()):
+        msg = (f"Could not reach the Hub at {endpoint} ({type(err).__name__}): check the network, "
+               "and HF_ENDPOINT if it is set.")
+    elif status == 401:
         msg = (f"The Hub at {endpoint} rejected the token (401 Unauthorized) while pushing to {repo_id}. "
                "Set HF_TOKEN to a valid token with write access, or log in with `hf auth login`.")
     elif status == 403:
@@ -388,10 +403,12 @@ def push_adapter(adapter_dir: str | os.PathLike, repo_id: str, *, private: bool 
                                     include_critic=include_critic)
         return PushResult(files=files, folder=Path(dry_run_output))
 
-    import httpx
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi, constants, get_token
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    if constants.is_offline_mode():
+        raise PushError("HF_HUB_OFFLINE is set: unset it to push, or use --dry-run --output DIR to only "
+                        "write the folder.")
     token = token or get_token()
     if not token:
         raise PushError("No Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access).")
@@ -407,7 +424,7 @@ def push_adapter(adapter_dir: str | os.PathLike, repo_id: str, *, private: bool 
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message,
                                        repo_type="model")
-        except (HfHubHTTPError, OfflineModeIsEnabled, httpx.HTTPError, OSError) as err:
+        except (HfHubHTTPError, OfflineModeIsEnabled, *_transport_errors(), OSError) as err:
             # `from None`: the chained hub exception carries the request, headers included.
             raise _hub_error(err, repo_id, api.endpoint, token) from None
     return PushResult(files=files, url=commit.commit_url)

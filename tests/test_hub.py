@@ -259,9 +259,16 @@ def test_bad_inputs_give_clear_errors(run, tmp_path, monkeypatch):
         push_adapter(bare, "alice/x", include_critic=True, dry_run_output=tmp_path / "o2")
     import huggingface_hub
 
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PushError, match="HF_HUB_OFFLINE is set: unset it to push, or use --dry-run"):
+        push_adapter(run["adapter"], "alice/x", token=SECRET)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(PushError, match="No Hugging Face token: set HF_TOKEN"):
         push_adapter(run["adapter"], "alice/x")
+    with pytest.raises(PushError, match=r"Could not reach the Hub at http://127.0.0.1:9 \(ConnectError\)") as err:
+        push_adapter(run["adapter"], "alice/x", token=SECRET, endpoint="http://127.0.0.1:9")
+    assert SECRET not in str(err.value) and err.value.__cause__ is None
 
 
 def test_upload_reaches_the_hub_with_bearer_token(run, tmp_path):

@@ -353,3 +353,16 @@ def test_specs_and_synthetic(coco, flickr):
     (ann, images), (token, fimages) = coco, flickr
     mixed = concatenate_datasets([load_data(f"coco:{ann}:{images}"), load_data(f"flickr:{token}:{fimages}", "all")])
     assert len(mixed) == 6 and mixed.features == caption_features()
+
+
+def test_hf_load_dataset_path_and_errors(tmp_path):
+    # A plain local folder goes through datasets.load_dataset (its imagefolder builder).
+    root = tmp_path / "raw"
+    _png(root / "a.png", (1, 2, 3))
+    _png(root / "b.png")
+    (root / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "an a"}\n{"file_name": "b.png", "text": "a b"}\n')
+    ds = load_data(f"hf:{root}", "train")
+    assert sorted(ds["references"]) == [["a b"], ["an a"]] and ds.features == caption_features()
+    assert {ds[i]["image"].getpixel((0, 0)) for i in range(2)} == {(1, 2, 3), (200, 30, 30)}
+    with pytest.raises(DataError, match=r"Could not load Hugging Face dataset .*missing-dir"):
+        load_data(f"hf:{tmp_path / 'missing-dir'}")

@@ -147,6 +147,9 @@ def load_run_info(adapter_dir: str | os.PathLike, run_dir: str | os.PathLike | N
             info.eval_results = json.loads(info.eval_file.read_text(encoding="utf-8"))
         except ValueError as err:
             raise PushError(f"{info.eval_file} is not valid JSON: {err}") from None
+        if not isinstance(info.eval_results, dict):
+            raise PushError(f"{info.eval_file} must hold {{\"before\": {{metric: value}}, \"after\": {{...}}}} "
+                            "or {metric: value}.")
     if (run_dir / CURVES_FILE).is_file():
         info.curves = run_dir / CURVES_FILE
     return info
@@ -154,12 +157,17 @@ def load_run_info(adapter_dir: str | os.PathLike, run_dir: str | os.PathLike | N
 
 def _eval_table(results: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float]]]:
     """Columns and metric -> {column: value} from either eval_results.json form."""
+    def numbers(d: dict) -> dict[str, float]:  # leave out nested breakdowns (slices, per-sample scores)
+        return {m: v for m, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
     if isinstance(results.get("after"), dict):
         columns = [c for c in ("before", "after") if isinstance(results.get(c), dict)]
-        metrics = {m: {c: results[c][m] for c in columns if m in results[c]}
-                   for c in columns for m in results[c]}
+        metrics: dict[str, dict[str, float]] = {}
+        for c in columns:
+            for m, v in numbers(results[c]).items():
+                metrics.setdefault(m, {})[c] = v
         return columns, metrics
-    return ["value"], {m: {"value": v} for m, v in results.items() if isinstance(v, (int, float))}
+    return ["value"], {m: {"value": v} for m, v in numbers(results).items()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,7 +282,7 @@ def build_model_card(info: RunInfo, repo_id: str, *, has_processor: bool, includ
             out += ["", _table(("metric", "before", "after", "change"), rows)]
         else:
             out += ["Scores of this adapter, as written by mmft's evaluation.", "",
-                    _table(("metric", "value"), [(m, _fmt(v["value"])) for m, v in metrics.items()])]
+                    _table(("metric", "value"), [(m, _fmt(v[final])) for m, v in metrics.items() if final in v])]
     if info.curves:
         out += ["", "## Training curves", "", f"![training curves]({CURVES_FILE})"]
 

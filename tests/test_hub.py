@@ -236,6 +236,11 @@ def test_model_card_for_a_hub_base_and_flat_eval():
     assert 'AutoProcessor.from_pretrained("llava-hf/llava-1.5-7b-hf")' in card
     assert '| target_modules | ["q_proj", "v_proj"] |' in card
 
+    # Only "after" scores (no baseline run): a one-column table; nested breakdowns are left out.
+    info.eval_results = {"after": {"CIDEr": 0.75, "slices": {"one_object": 0.9}}}
+    card = build_model_card(info, "bob/x", has_processor=True, include_critic=False)
+    assert "| CIDEr | 0.7500 |" in card and "slices" not in card
+
     # A local data spec names the source kind and file, never the local path.
     info.config["data"]["dataset"] = "vqa:/data/vqa/q.json:/data/vqa/a.json:/data/coco/val2014"
     meta = yaml.safe_load(build_model_card(info, "bob/x", has_processor=True, include_critic=False).split("---")[1])

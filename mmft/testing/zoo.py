@@ -152,7 +152,10 @@ def _qwen_vision_kwargs(image_size: int) -> dict:
 
 def _qwen2_vl(tokenizer, image_size: int):
     from transformers import (
-        Qwen2VLConfig, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor,
+        Qwen2VLConfig,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
     )
 
     dims = _text_dims(tokenizer)
@@ -175,7 +178,10 @@ def _qwen2_vl(tokenizer, image_size: int):
 
 def _qwen2_5_vl(tokenizer, image_size: int):
     from transformers import (
-        Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
     )
 
     dims = _text_dims(tokenizer)
@@ -248,7 +254,13 @@ def _idefics3(tokenizer, image_size: int):
 
 
 def _paligemma(tokenizer, image_size: int):
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaProcessor, SiglipImageProcessor, SiglipVisionConfig
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
 
     patch = 16
     num_image_tokens = (image_size // patch) ** 2

@@ -1,0 +1,65 @@
+"""What mmft needs to know about each architecture, and nothing else does.
+
+Only this package knows architecture quirks (style.md): where the language model
+lives, which linear layers LoRA presets target, and how token-type inputs extend over
+a response appended to a prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Linear layers of a decoder block in every supported language model.
+_LM_LINEARS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+_LM_PREFIX = r"(model\.)?(language_model|text_model)\.(model\.)?layers\.\d+\."
+_PROJECTOR = r"(model\.)?(multi_modal_projector|connector|visual\.merger|visual\.deepstack_merger_list)(\.[\w.]+)?"
+_VISION = r"(model\.)?(vision_tower|vision_model|visual\.blocks)\.[\w.]+\.(q_proj|k_proj|v_proj|out_proj|qkv|proj|fc1|fc2|linear_fc1|linear_fc2|gate_proj|up_proj|down_proj)"
+
+LORA_PRESETS = {
+    "language": f"{_LM_PREFIX}{_LM_LINEARS}",
+    "language+projector": f"({_LM_PREFIX}{_LM_LINEARS}|{_PROJECTOR})",
+    "all": f"({_LM_PREFIX}{_LM_LINEARS}|{_PROJECTOR}|{_VISION})",
+}
+
+# Sequence-aligned inputs that the processor returns beside input_ids.
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+def lora_target_modules(preset: str) -> str:
+    """The peft `target_modules` regex of a LoRA preset ("language" by default)."""
+    if preset not in LORA_PRESETS:
+        raise ValueError(f"Unknown LoRA target preset {preset!r}; use one of {list(LORA_PRESETS)}.")
+    return LORA_PRESETS[preset]
+
+
+def inner_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The `XModel` inside an `XForConditionalGeneration` (through peft wrappers): the
+    part that returns `last_hidden_state`, which the value and reward heads read."""
+    while hasattr(model, "get_base_model") or type(model).__name__ in ("PeftModel", "LoraModel"):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.model
+    if hasattr(model, "model") and hasattr(model, "lm_head"):
+        return model.model
+    return model
+
+
+def text_hidden_size(config) -> int:
+    return config.get_text_config().hidden_size
+
+
+def response_token_type(model_type: str, key: str) -> int:
+    """Value of a token-type input on response tokens appended to a prompt.
+
+    PaliGemma marks its causal suffix with token_type_ids = 1 (the prefix, image and
+    prompt, is 0 and attends bidirectionally), as its own generate() does for new
+    tokens; every other model uses these inputs to flag image tokens, so text is 0.
+    """
+    if model_type == "paligemma" and key == "token_type_ids":
+        return 1
+    return 0
+
+
+def freeze_vision_tower(model: torch.nn.Module) -> None:
+    """Freeze the vision encoder (default in mmft: LoRA trains the language side)."""
+    for name, param in model.named_parameters():
+        if any(part in name for part in ("vision_tower", "vision_model", "visual.")):
+            param.requires_grad_(False)

@@ -1,0 +1,194 @@
+"""Every PPO role on one frozen base (ppo_spec.md, "Roles on one frozen base").
+
+- policy: the base plus the trainable LoRA adapter "policy";
+- reference: the base with adapters disabled, or a frozen adapter "ref" when PPO starts
+  from an SFT adapter (loaded a second time, frozen);
+- critic: a second trainable LoRA adapter "value" on the same base plus a scalar value
+  head on the last hidden state of the language model, so the critic sees the image;
+  or, with `critic="separate"`, its own backbone.
+
+`ActorCritic` is one `nn.Module`, so accelerate/DeepSpeed wrap a single engine holding
+every trainable parameter. Its `forward(role=...)` switches the active adapter. Two peft
+traps shape it: `set_adapter` marks inactive adapters non-trainable (we mark them
+trainable again), and activation checkpointing recomputes with whichever adapter is
+active at backward time (the trainer runs each role's backward before switching when
+gradient checkpointing is on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from mmft.models.arch import inner_model, text_hidden_size
+
+POLICY, VALUE, REF = "policy", "value", "ref"
+
+
+class ValueHead(nn.Module):
+    """Scalar head on the language model's last hidden state: [B, L, H] -> [B, L]."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        # Start from zero so initial values are 0 and early value loss does not swamp
+        # the shared-base gradients (TRL's value head used a small init for the same reason).
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+def response_logits(
+    model: nn.Module, inputs: dict[str, torch.Tensor], prompt_length: int, response_length: int, temperature: float
+) -> torch.Tensor:
+    """Logits [B, R, V] that predict each response token, divided by the temperature.
+
+    Only the last R+1 positions go through the LM head (`logits_to_keep`): the logit at
+    position P-1+t predicts response token t.
+    """
+    out = model(**inputs, logits_to_keep=response_length + 1, use_cache=False)
+    return out.logits[:, :-1, :].float() / temperature
+
+
+def response_hidden(
+    model: nn.Module, inputs: dict[str, torch.Tensor], prompt_length: int, response_length: int
+) -> torch.Tensor:
+    """Last hidden states [B, R, H]; the state at P-1+t is the one that predicts token t."""
+    out = inner_model(model)(**inputs, use_cache=False)
+    hidden = out.last_hidden_state
+    return hidden[:, prompt_length - 1: prompt_length + response_length - 1]
+
+
+class ActorCritic(nn.Module):
+    """Policy, reference and critic roles over one peft-wrapped VLM.
+
+    `peft_model` must hold a trainable adapter "policy", and for the shared critic a
+    trainable adapter "value"; optionally a frozen adapter "ref". `critic_model` is a
+    separate backbone (a peft model with its own "value" adapter, or a plain model) for
+    `critic="separate"`.
+    """
+
+    def __init__(self, peft_model: nn.Module, critic_model: nn.Module | None = None, with_critic: bool = True):
+        super().__init__()
+        self.policy = peft_model
+        self.critic_backbone = critic_model
+        self.with_critic = with_critic
+        source = critic_model if critic_model is not None else peft_model
+        self.value_head = ValueHead(text_hidden_size(source.config)) if with_critic else None
+        # The head stays float32 whatever the base's dtype: values feed GAE and the value loss.
+        self.has_ref_adapter = REF in getattr(peft_model, "peft_config", {})
+        self._trainable_adapters = [a for a in (POLICY, VALUE) if a in getattr(peft_model, "peft_config", {})]
+
+    @property
+    def config(self):
+        return self.policy.config
+
+    # Activation checkpointing is switched off for generation and back on after it
+    # (TRL's unwrap_model_for_generation drives these three).
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(self.policy.get_base_model().is_gradient_checkpointing)
+
+    def gradient_checkpointing_disable(self) -> None:
+        for model in self._backbones():
+            model.get_base_model().gradient_checkpointing_disable()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Activation checkpointing that recomputes each segment with the adapter that was
+        active when the segment ran forward (non-reentrant checkpointing's `context_fn`).
+        Without this, one backward over the policy and value passes would recompute both
+        with whichever adapter is active at backward time (ppo_spec.md, adapter traps)."""
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        kwargs.setdefault("use_reentrant", False)
+        if not kwargs["use_reentrant"]:
+            kwargs["context_fn"] = self._checkpoint_contexts
+        for model in self._backbones():
+            model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            if kwargs["use_reentrant"]:
+                model.enable_input_require_grads()  # reentrant checkpointing needs a grad-requiring input
+
+    def _lora_layers(self) -> list[nn.Module]:
+        if not hasattr(self, "_lora_layer_cache"):
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            self._lora_layer_cache = [m for m in self.policy.modules() if isinstance(m, BaseTunerLayer)]
+        return self._lora_layer_cache
+
+    def _checkpoint_contexts(self):
+        layers = self._lora_layers()
+        forward_adapter = layers[0].active_adapter if layers else None
+        disabled = bool(layers) and layers[0].disable_adapters
+
+        @contextlib.contextmanager
+        def recompute():
+            saved = [(m._active_adapter, m._disable_adapters) for m in layers]
+            for m in layers:  # set directly: peft's set_adapter would also flip requires_grad
+                m._active_adapter, m._disable_adapters = forward_adapter, disabled
+            try:
+                yield
+            finally:
+                for m, (active, off) in zip(layers, saved):
+                    m._active_adapter, m._disable_adapters = active, off
+
+        return contextlib.nullcontext(), recompute()
+
+    def _backbones(self) -> list[nn.Module]:
+        return [self.policy] + ([self.critic_backbone] if self.critic_backbone is not None else [])
+
+    def activate(self, adapter: str) -> None:
+        """Make `adapter` active; keep trainable adapters trainable (peft 0.21 freezes
+        inactive ones in set_adapter) and the frozen reference frozen."""
+        self.policy.set_adapter(adapter)
+        self.policy.set_requires_grad(self._trainable_adapters, requires_grad=True)
+        if self.has_ref_adapter:
+            self.policy.set_requires_grad(REF, requires_grad=False)
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The reference policy: adapters disabled, or the frozen "ref" adapter."""
+        if self.has_ref_adapter:
+            self.activate(REF)
+            try:
+                yield
+            finally:
+                self.activate(POLICY)
+        else:
+            with self.policy.disable_adapter():
+                yield
+
+    def forward(
+        self,
+        inputs: dict[str, torch.Tensor],
+        prompt_length: int,
+        response_length: int,
+        temperature: float = 1.0,
+        roles: tuple[str, ...] = (POLICY,),
+    ) -> dict[str, torch.Tensor]:
+        """Run the requested roles on one training-layout batch.
+
+        Returns `logits` [B, R, V] for "policy" and "ref", `values` [B, R] for "value".
+        """
+        out: dict[str, torch.Tensor] = {}
+        for role in roles:
+            if role == POLICY:
+                self.activate(POLICY)
+                out["logits"] = response_logits(self.policy, inputs, prompt_length, response_length, temperature)
+            elif role == REF:
+                with self.reference():
+                    out["ref_logits"] = response_logits(
+                        self.policy, inputs, prompt_length, response_length, temperature)
+            elif role == VALUE:
+                if self.critic_backbone is not None:
+                    hidden = response_hidden(self.critic_backbone, inputs, prompt_length, response_length)
+                else:
+                    self.activate(VALUE)
+                    hidden = response_hidden(self.policy, inputs, prompt_length, response_length)
+                    self.activate(POLICY)
+                out["values"] = self.value_head(hidden).float()
+            else:
+                raise ValueError(f"Unknown role {role!r}")
+        return out

@@ -1,0 +1,3 @@
+from mmft.ppo.config import PPOConfig, RLConfig, SCSTConfig
+
+__all__ = ["PPOConfig", "RLConfig", "SCSTConfig"]

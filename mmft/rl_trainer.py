@@ -1,0 +1,529 @@
+"""What PPO and SCST share: model roles, the prompt stream, rollout, scoring, evaluation,
+logging and checkpoints. The algorithms themselves live in `mmft.ppo.trainer` and
+`mmft.scst.trainer`, as numbered steps over `mmft.ppo.core`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from mmft.data.collator import PromptBatch, VLMCollator
+from mmft.models.arch import freeze_vision_tower, lora_target_modules
+from mmft.models.loading import load_processor, load_vlm
+from mmft.models.roles import POLICY, REF, VALUE, ActorCritic
+from mmft.ppo import core
+from mmft.ppo.config import RLConfig
+from mmft.rewards import RewardComposer
+from mmft.rollout import Rollout, decode_responses, generate, stop_token_ids, training_inputs
+
+logger = logging.getLogger("mmft")
+
+TRAINER_STATE = "trainer_state.json"
+TRAINABLE_STATE = "trainable_state.pt"
+
+
+def default_lora_config(target: str = "language", r: int = 16, alpha: int = 32):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_target_modules(target),
+                      bias="none")
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed itself: under DeepSpeed on CPU,
+    accelerate's process_index / num_processes can report 0 / 1 on every rank."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if distributed()[1] > 1:
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def all_gather_objects(obj) -> list:
+    world = distributed()[1]
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class RLTrainer:
+    """Base of PPOTrainer and SCSTTrainer (TRL-shaped constructor)."""
+
+    with_critic = False
+    algorithm = "rl"
+
+    def __init__(
+        self,
+        model,
+        processing_class=None,
+        args: RLConfig | None = None,
+        reward_funcs=None,
+        train_dataset=None,
+        eval_dataset=None,
+        peft_config=None,
+        sft_adapter: str | None = None,
+        eval_metrics: tuple[str, ...] = ("CIDEr", "Bleu_4"),
+    ):
+        if args is None:
+            raise ValueError("args (a PPOConfig or SCSTConfig) is required.")
+        if train_dataset is None:
+            raise ValueError("train_dataset is required.")
+        if not reward_funcs:
+            raise ValueError("reward_funcs is required: one or more reward callables (TRL's contract).")
+        self.args = args
+        set_seed(args.seed)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.micro_batches_per_mini_batch,
+            log_with=None if args.report_to in (None, "none", ["none"], []) else args.report_to,
+            project_dir=args.output_dir,
+        )
+        self.model_name_or_path = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
+        if isinstance(model, (str, os.PathLike)):
+            model = load_vlm(model, dtype=_dtype(args), load_in_4bit=getattr(args, "load_in_4bit", False))
+        self.processor = processing_class or load_processor(self.model_name_or_path)
+        self.processor.tokenizer.padding_side = "left"
+        self.tokenizer = self.processor.tokenizer
+        self.model_type = model.config.model_type
+        self.stop_ids = stop_token_ids(model.generation_config, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+        self._check_columns(train_dataset, "train_dataset")
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.collator = VLMCollator(self.processor, args.max_prompt_length, args.skip_long_prompts)
+        self.rewards = RewardComposer(reward_funcs, weights=args.reward_weights)
+        self.eval_metrics = eval_metrics
+
+        self.model = self._build_roles(model, peft_config, sft_adapter)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, eps=args.adam_epsilon,
+                                           betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay)
+        from transformers import get_scheduler
+
+        self.num_optimizer_steps = args.max_steps * args.num_ppo_epochs * args.num_mini_batches
+        self.lr_scheduler = get_scheduler(
+            args.lr_scheduler_type, self.optimizer,
+            num_warmup_steps=args.get_warmup_steps(self.num_optimizer_steps),
+            num_training_steps=self.num_optimizer_steps,
+        )
+        # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper
+        # would step it once per process).
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.kl_ctl = (core.AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
+                       if args.kl_target is not None else core.FixedKLController(args.kl_coef))
+        self.iteration = 0
+        self.log_history: list[dict] = []
+        self.skipped_prompts: list[int] = []
+        if self.accelerator.is_main_process:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        if self.accelerator.log_with:
+            self.accelerator.init_trackers(self.algorithm, config=_flat_config(args))
+
+    # ------------------------------------------------------------------ setup
+    def _check_columns(self, dataset, name: str) -> None:
+        columns = set(dataset.column_names)
+        if "prompt" not in columns:
+            raise ValueError(f"{name} has no 'prompt' column (columns: {sorted(columns)}).")
+
+    def _build_roles(self, model, peft_config, sft_adapter) -> ActorCritic:
+        from peft import PeftModel, get_peft_model
+        from trl.trainer.utils import disable_dropout_in_model
+
+        freeze_vision_tower(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        peft_config = peft_config or default_lora_config()
+        if sft_adapter is not None:
+            # Start from an SFT adapter: a trainable copy is the policy, a frozen copy the reference.
+            peft_model = PeftModel.from_pretrained(model, sft_adapter, adapter_name=POLICY, is_trainable=True)
+            peft_model.load_adapter(sft_adapter, adapter_name=REF, is_trainable=False)
+        else:
+            peft_model = get_peft_model(model, peft_config, adapter_name=POLICY)
+        critic_model = None
+        if self.with_critic:
+            if getattr(self.args, "critic", "shared") == "separate":
+                path = self.args.critic_model_name_or_path or self.model_name_or_path
+                critic_base = load_vlm(path, dtype=_dtype(self.args))
+                for p in critic_base.parameters():
+                    p.requires_grad_(False)
+                critic_model = get_peft_model(critic_base, peft_config, adapter_name=VALUE)
+            else:
+                peft_model.add_adapter(VALUE, peft_config)
+        if self.args.disable_dropout:
+            disable_dropout_in_model(peft_model)
+            if critic_model is not None:
+                disable_dropout_in_model(critic_model)
+        roles = ActorCritic(peft_model, critic_model, with_critic=self.with_critic)
+        roles.activate(POLICY)
+        if self.args.gradient_checkpointing:
+            roles.gradient_checkpointing_enable(self.args.gradient_checkpointing_kwargs)
+        return roles
+
+    @property
+    def unwrapped(self) -> ActorCritic:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ data
+    def prompt_indices(self, iteration: int, per_rank: int) -> list[int]:
+        """Dataset rows this rank uses at `iteration`: a stream of seeded permutations,
+        one per epoch, cut into global batches and then into per-rank slices. It is a
+        pure function of the iteration, so resuming only needs the iteration number."""
+        rank, world = distributed()
+        n = len(self.train_dataset)
+        start = (iteration * world + rank) * per_rank
+        out = []
+        for pos in range(start, start + per_rank):
+            epoch, offset = divmod(pos, n)
+            g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + epoch)
+            out.append(int(torch.randperm(n, generator=g)[offset]))
+        return out
+
+    def fetch_rows(self, dataset, indices: list[int]) -> list[dict]:
+        rows = []
+        for i in indices:
+            try:
+                rows.append(dataset[i])
+            except Exception as err:  # an unreadable image surfaces when the row is decoded
+                raise ValueError(f"Sample {i}: could not read this row ({type(err).__name__}: {err}). "
+                                 "Check the image file or drop the sample.") from err
+        return rows
+
+    def collate(self, rows: list[dict], indices: list[int]) -> tuple[PromptBatch, list[dict]]:
+        batch = self.collator(rows, indices)
+        if batch.skipped:
+            self.skipped_prompts += batch.skipped
+            logger.warning("Skipped %d prompt(s) over max_prompt_length: dataset indices %s (total skipped %d).",
+                           len(batch.skipped), batch.skipped, len(self.skipped_prompts))
+            keep = set(batch.indices)
+            rows = [r for r, i in zip(rows, indices) if i in keep]
+        return batch, rows
+
+    # ------------------------------------------------------------------ rollout and scoring
+    def rollout(self, prompts: PromptBatch, greedy: bool = False) -> Rollout:
+        from trl.models.utils import unwrap_model_for_generation
+
+        args = self.args
+        with unwrap_model_for_generation(self.model, self.accelerator,
+                                         gather_deepspeed3_params=args.gather_for_generation) as unwrapped:
+            unwrapped.activate(POLICY)
+            return generate(
+                unwrapped.policy, prompts, max_new_tokens=args.max_new_tokens, stop_ids=self.stop_ids,
+                pad_id=self.pad_id, do_sample=not greedy, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p,
+            )
+
+    def score(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, list], list[str]]:
+        """Step 5: decode, call every reward with TRL's contract, weight, check."""
+        texts = decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
+        prompts = [r["prompt"] for r in rows]
+        conversational = isinstance(prompts[0], list)
+        completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
+        columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
+        completion_ids = [ids[: int(m.sum())].tolist() for ids, m in zip(rollout.response_ids, rollout.response_mask)]
+        total, components = self.rewards(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                                         **columns)
+        scores = torch.as_tensor(np.asarray(total, dtype=np.float64), dtype=torch.float32)
+        if self.args.missing_eos_penalty is not None:
+            scores = scores - self.args.missing_eos_penalty * (~rollout.stopped).float()
+        return scores, components, texts
+
+    def forward_no_grad(self, rollout: Rollout, roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Steps 2-4: old log-probs, reference log-probs and values, in the training layout
+        and in micro-batches of the training size."""
+        from trl.trainer.utils import selective_log_softmax
+
+        out: dict[str, list] = {}
+        mb = self.args.per_device_train_batch_size
+        device = self.accelerator.device
+        with torch.no_grad():
+            for start in range(0, len(rollout.prompts), mb):
+                rows = list(range(start, min(start + mb, len(rollout.prompts))))
+                ids, mask = rollout.response_ids[rows], rollout.response_mask[rows]
+                inputs = _to(training_inputs(rollout.prompts.select(rows), ids, mask, self.model_type), device)
+                res = self.model(inputs, rollout.prompts.prompt_length, ids.shape[1], self.args.temperature, roles)
+                ids = ids.to(device)
+                if "logits" in res:
+                    out.setdefault("logprobs", []).append(selective_log_softmax(res["logits"], ids).cpu())
+                if "ref_logits" in res:
+                    out.setdefault("ref_logprobs", []).append(selective_log_softmax(res["ref_logits"], ids).cpu())
+                if "values" in res:
+                    out.setdefault("values", []).append(res["values"].cpu())
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    # ------------------------------------------------------------------ optimisation
+    def optimize(self, rollout: Rollout, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Step 8: `num_ppo_epochs` passes; each shuffles into `num_mini_batches`, each of
+        `micro_batches_per_mini_batch` micro-batches, then exactly one optimizer step."""
+        from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+        args = self.args
+        device = self.accelerator.device
+        B = len(rollout.prompts)
+        P, R = rollout.prompts.prompt_length, rollout.response_ids.shape[1]
+        stats: dict[str, list[float]] = {}
+        roles = (POLICY, VALUE) if self.with_critic else (POLICY,)
+        gen = torch.Generator().manual_seed(args.seed + 7919 * self.iteration)
+        for _ in range(args.num_ppo_epochs):
+            order = torch.randperm(B, generator=gen)
+            for mini in order.split(args.local_mini_batch_size):
+                # Token count of the whole mini-batch over all ranks: each micro-batch loss is
+                # its token sum over this count, rescaled for accelerate's division by the
+                # accumulation steps and the ranks' gradient averaging, so the step equals
+                # one token-mean over the global mini-batch whatever the micro-batching.
+                world = distributed()[1]
+                num_tokens = all_reduce_sum(rollout.response_mask[mini].sum().reshape(1))[0].clamp(min=1.0)
+                num_tokens = (num_tokens / (args.micro_batches_per_mini_batch * world)).to(device)
+                for micro in mini.split(args.per_device_train_batch_size):
+                    rows = micro.tolist()
+                    ids = rollout.response_ids[rows].to(device)
+                    mask = rollout.response_mask[rows].to(device)
+                    inputs = _to(training_inputs(rollout.prompts.select(rows), rollout.response_ids[rows],
+                                                 rollout.response_mask[rows], self.model_type), device)
+                    with self.accelerator.accumulate(self.model):
+                        out = self.model(inputs, P, R, args.temperature, roles)
+                        logp = selective_log_softmax(out["logits"], ids)
+                        pg_loss, pg_stats = core.policy_loss(logp, data["logprobs"][rows].to(device),
+                                                             data["advantages"][rows].to(device), mask, args.cliprange,
+                                                             num_tokens)
+                        entropy = entropy_from_logits(out["logits"])
+                        loss = pg_loss - args.ent_coef * core.token_mean(entropy, mask, num_tokens)
+                        record = {"loss/policy": pg_stats["loss"], "policy/clipfrac": pg_stats["clipfrac"],
+                                  "policy/approxkl": pg_stats["approxkl"],
+                                  "policy/entropy": core.masked_mean(entropy.detach(), mask)}
+                        if self.with_critic:
+                            vf_loss, vf_stats = core.value_loss(out["values"], data["values"][rows].to(device),
+                                                                data["returns"][rows].to(device), mask,
+                                                                args.cliprange_value, num_tokens)
+                            loss = loss + args.vf_coef * vf_loss
+                            record.update({"loss/value": vf_stats["loss"], "val/clipfrac": vf_stats["clipfrac"]})
+                        self.accelerator.backward(loss)
+                        if self.accelerator.sync_gradients:
+                            if args.max_grad_norm and args.max_grad_norm > 0:
+                                self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                            self.optimizer.step()
+                            self.lr_scheduler.step()
+                            self.optimizer.zero_grad(set_to_none=True)
+                    for k, v in record.items():
+                        stats.setdefault(k, []).append(float(v.detach()))
+        return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume_from_checkpoint: str | None = None) -> list[dict]:
+        args = self.args
+        if resume_from_checkpoint:
+            self.load_checkpoint(resume_from_checkpoint)
+        self.model.train()
+        bar = tqdm(total=args.max_steps, initial=self.iteration, desc=self.algorithm.upper(),
+                   disable=not self.accelerator.is_main_process)
+        while self.iteration < args.max_steps:
+            t0 = time.time()
+            metrics = self.step()
+            self.iteration += 1
+            metrics["time/iteration_s"] = time.time() - t0
+            metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
+            metrics["objective/beta"] = self.kl_ctl.value
+            if args.eval_steps and self.eval_dataset is not None and self.iteration % int(args.eval_steps) == 0:
+                metrics.update(self.evaluate())
+            self.log(metrics)
+            if args.save_steps and self.iteration % int(args.save_steps) == 0:
+                self.save_checkpoint()
+            bar.update(1)
+            bar.set_postfix(score=f"{metrics.get('objective/scores', float('nan')):.3f}",
+                            kl=f"{metrics.get('objective/kl', float('nan')):.3f}")
+        bar.close()
+        self.accelerator.end_training()
+        return self.log_history
+
+    def step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def log(self, metrics: dict[str, float]) -> None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        entry = {"iteration": self.iteration, **metrics}
+        self.log_history.append(entry)
+        if self.accelerator.log_with:
+            self.accelerator.log(metrics, step=self.iteration)
+        if self.accelerator.is_main_process and args_logging(self.args, self.iteration):
+            keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value",
+                    "policy/clipfrac", "val/explained_variance", "eval/CIDEr")
+            shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+            logger.info("iteration %d: %s", self.iteration, shown)
+            with open(Path(self.args.output_dir) / "log_history.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def log_samples(self, texts: list[str], scores: torch.Tensor, rows: list[dict]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        for text, score, row in list(zip(texts, scores.tolist(), rows))[: self.args.num_sample_captions]:
+            ref = row.get("references", [""])[0] if isinstance(row.get("references"), list) else ""
+            logger.info("  sample: %r  score=%.3f  (reference: %r)", text, score, ref)
+
+    def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Metrics averaged over ranks (the only cross-rank reduction of logging)."""
+        if distributed()[1] == 1 or not values:
+            return values
+        keys = sorted(values)
+        t = all_reduce_sum(torch.tensor([values[k] for k in keys], dtype=torch.float64)) / distributed()[1]
+        return dict(zip(keys, t.tolist()))
+
+    # ------------------------------------------------------------------ evaluation
+    def generate_captions(self, dataset, max_samples: int | None = None, greedy: bool = True) -> tuple[list, list]:
+        """Greedy responses for a dataset, split over ranks and gathered: (indices, texts)."""
+        rank, world = distributed()
+        n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+        mine = list(range(rank, n, world))
+        out_idx, out_txt = [], []
+        bs = self.args.per_device_eval_batch_size
+        self.model.eval()
+        for start in range(0, len(mine), bs):
+            idx = mine[start: start + bs]
+            batch, _ = self.collate(self.fetch_rows(dataset, idx), idx)
+            ro = self.rollout(batch, greedy=greedy)
+            out_idx += batch.indices
+            out_txt += decode_responses(self.tokenizer, ro.response_ids, ro.response_mask)
+        self.model.train()
+        pairs = sorted(p for part in all_gather_objects(list(zip(out_idx, out_txt))) for p in part)
+        return [i for i, _ in pairs], [t for _, t in pairs]
+
+    def evaluate(self, dataset=None) -> dict[str, float]:
+        """Greedy captions on the eval set, scored with pycocoevalcap (CIDEr-D, BLEU-4)."""
+        from mmft.evaluation.metrics import caption_metrics
+
+        dataset = dataset if dataset is not None else self.eval_dataset
+        indices, texts = self.generate_captions(dataset, self.args.eval_max_samples)
+        refs = [dataset[i]["references"] for i in indices]
+        metrics = caption_metrics(texts, refs, metrics=self.eval_metrics)
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        model = self.unwrapped
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
+
+    def save_checkpoint(self, directory: str | None = None) -> str:
+        """Adapters, value head, optimizer, scheduler, RNG states, KL controller and data
+        position. Written to a temporary folder and renamed, so an interrupted save never
+        leaves a half checkpoint where the last complete one was."""
+        directory = directory or os.path.join(self.args.output_dir, f"checkpoint-{self.iteration}")
+        rank, _ = distributed()
+        tmp = directory + ".tmp"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        self.accelerator.wait_for_everyone()
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, os.path.join(tmp, f"rng_state_{rank}.pt"))
+        if self.accelerator.is_main_process:
+            torch.save(self._trainable_state(), os.path.join(tmp, TRAINABLE_STATE))
+            torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            torch.save(self.lr_scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+            state = {"iteration": self.iteration, "kl_ctl": self.kl_ctl.state_dict(),
+                     "skipped_prompts": self.skipped_prompts, "log_history": self.log_history,
+                     "algorithm": self.algorithm}
+            Path(tmp, TRAINER_STATE).write_text(json.dumps(state, indent=1))
+            self.save_adapters(tmp)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(tmp, directory)
+        self.accelerator.wait_for_everyone()
+        return directory
+
+    def load_checkpoint(self, directory: str) -> None:
+        if not Path(directory, TRAINER_STATE).exists():
+            raise FileNotFoundError(f"{directory} is not a complete mmft checkpoint (no {TRAINER_STATE}).")
+        rank, _ = distributed()
+        state = json.loads(Path(directory, TRAINER_STATE).read_text())
+        missing, unexpected = self.unwrapped.load_state_dict(
+            torch.load(os.path.join(directory, TRAINABLE_STATE)), strict=False)
+        if unexpected:
+            raise ValueError(f"Checkpoint {directory} holds parameters this model lacks: {unexpected[:5]} ...")
+        self.optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), weights_only=False))
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(directory, "scheduler.pt")))
+        rng = torch.load(os.path.join(directory, f"rng_state_{rank}.pt"), weights_only=False)
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.iteration = state["iteration"]
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.skipped_prompts = state["skipped_prompts"]
+        self.log_history = state["log_history"]
+
+    def save_adapters(self, directory: str) -> None:
+        """The policy adapter at the folder's root (loads with `PeftModel.from_pretrained`),
+        the critic beside it in `critic/` (value adapter + value head)."""
+        model = self.unwrapped
+        tmp = Path(directory) / "_adapters"
+        model.policy.save_pretrained(tmp, selected_adapters=[POLICY])
+        for f in (tmp / POLICY).iterdir():
+            shutil.move(str(f), Path(directory) / f.name)
+        if self.with_critic:
+            critic_dir = Path(directory) / "critic"
+            critic_dir.mkdir(exist_ok=True)
+            source = model.critic_backbone if model.critic_backbone is not None else model.policy
+            source.save_pretrained(tmp, selected_adapters=[VALUE])
+            for f in (tmp / VALUE).iterdir():
+                shutil.move(str(f), critic_dir / f.name)
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in model.value_head.state_dict().items()},
+                      critic_dir / "value_head.safetensors")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            self.save_adapters(output_dir)
+            self.processor.save_pretrained(output_dir)
+        self.accelerator.wait_for_everyone()
+
+
+def args_logging(args, iteration: int) -> bool:
+    return bool(args.logging_steps) and iteration % max(1, int(args.logging_steps)) == 0
+
+
+def _to(inputs: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def _dtype(args) -> str | None:
+    if getattr(args, "bf16", False):
+        return "bfloat16"
+    if getattr(args, "fp16", False):
+        return "float16"
+    return None
+
+
+def _flat_config(args) -> dict:
+    out = {}
+    for k, v in vars(args).items():
+        if isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and math.isnan(v)):
+            out[k] = v
+    return out

@@ -84,7 +84,9 @@ class LabelServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def _wait_until_ready(self, timeout: float = 30.0) -> None:
+    def _wait_until_ready(self, timeout: float = 90.0) -> None:
+        # Generous: `import mmft` loads transformers (mmft/__init__ imports the PPO config),
+        # which takes several seconds on a busy 2-core machine.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

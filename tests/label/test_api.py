@@ -47,6 +47,9 @@ def test_every_api_route_needs_a_valid_token(module_server, client):
                 assert response.status_code == 401, (method, path, headers, response.text)
                 assert response.headers["www-authenticate"] == "Bearer"
         assert anonymous.get("/api/image/p000", params={"token": "wrong"}).status_code == 401
+        # Authentication comes before the body is judged: a bad token with a bad body is 401.
+        bad = anonymous.post("/api/label", content=b"{", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401
     assert db_labels(module_server.db) == before
     # The valid token works on the same routes.
     assert client.get("/api/next").json()["pair_id"] == "p000"

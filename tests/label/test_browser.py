@@ -75,7 +75,7 @@ def _watch(page) -> dict[str, list]:
 
 def _expect_pair(page, pair_id: str) -> None:
     """Wait until `pair_id` is fully on screen (app.js sets data-pair-id after the image loads)."""
-    page.wait_for_selector(f'#task[data-pair-id="{pair_id}"]:not([hidden])', timeout=10_000)
+    page.wait_for_selector(f'#task[data-pair-id="{pair_id}"]:not([hidden])', timeout=30_000)
     page.wait_for_function("() => !document.querySelector('#undo').disabled")
 
 

@@ -108,18 +108,26 @@ def create_app(db_path: str | Path) -> FastAPI:
     # No /docs: the interactive docs pull scripts from a CDN, and the API is in label.md.
     app = FastAPI(title="mmft preference labelling", docs_url=None, redoc_url=None, openapi_url=None)
 
-    def with_labeler(token: str, action: Callable[[sqlite3.Connection, str], T]) -> T:
-        """Open a connection, authenticate `token`, and run `action(conn, labeler)`.
+    def authenticate(request: Request, allow_query: bool = False) -> str:
+        """The labeler holding the request's token; 401 when it is missing or unknown.
 
-        Runs on a pool thread: sqlite3 calls block, and fsync at COMMIT takes milliseconds.
-        Store errors map to 404 (unknown pair) and 422 (bad value).
+        Runs before the body is read, so nothing about a request is judged for strangers.
         """
+        token = _bearer_token(request, allow_query)
         with closing(storage.connect(db_path)) as conn:
             labeler = storage.labeler_for_token(conn, token)
-            if labeler is None:
-                raise HTTPException(401, "invalid token", {"WWW-Authenticate": "Bearer"})
+        if labeler is None:
+            raise HTTPException(401, "invalid token", {"WWW-Authenticate": "Bearer"})
+        return labeler
+
+    def in_store(action: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `action(conn)` on a fresh connection, mapping store errors to 404 and 422.
+
+        Runs on a pool thread: sqlite3 calls block, and the fsync at COMMIT takes milliseconds.
+        """
+        with closing(storage.connect(db_path)) as conn:
             try:
-                return action(conn, labeler)
+                return action(conn)
             except storage.UnknownPairError as err:
                 raise HTTPException(404, str(err)) from None
             except storage.LabelStoreError as err:
@@ -142,17 +150,20 @@ def create_app(db_path: str | Path) -> FastAPI:
             )
         return payload
 
+    # GET routes are plain functions (FastAPI runs them on its thread pool); POST routes are
+    # async to read the body with a size cap, and hand the database work to the pool.
+
     @app.get("/api/next")
     def get_next(request: Request) -> dict[str, Any]:
         """The labeler's next pair, or {"done": true, ...} when every pair is labelled."""
-        return with_labeler(_bearer_token(request), next_payload)
+        labeler = authenticate(request)
+        return in_store(lambda conn: next_payload(conn, labeler))
 
     @app.get("/api/image/{pair_id:path}")
     def get_image(pair_id: str, request: Request) -> FileResponse:
         """The image of a served pair."""
-        path = with_labeler(
-            _bearer_token(request, allow_query=True), lambda conn, _: storage.image_path(conn, pair_id)
-        )
+        authenticate(request, allow_query=True)
+        path = in_store(lambda conn: storage.image_path(conn, pair_id))
         if not path.is_file():
             raise HTTPException(404, f"image file of pair {pair_id!r} is missing on the server")
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
@@ -160,34 +171,30 @@ def create_app(db_path: str | Path) -> FastAPI:
     @app.post("/api/label")
     async def post_label(request: Request) -> dict[str, Any]:
         """Store {"pair_id", "choice"}; a repeat for the same pair replaces the choice."""
-        token = _bearer_token(request)
+        labeler = await run_in_threadpool(authenticate, request)
         pair_id, choice = _fields(await _read_json_object(request), ("pair_id", "choice"))
 
-        def action(conn: sqlite3.Connection, labeler: str) -> dict[str, Any]:
+        def action(conn: sqlite3.Connection) -> dict[str, Any]:
             storage.record_label(conn, labeler, pair_id, choice)
             progress = asdict(storage.progress(conn, labeler))
             return {"ok": True, "pair_id": pair_id, "choice": choice, "progress": progress}
 
-        return await run_in_threadpool(with_labeler, token, action)
+        return await run_in_threadpool(in_store, action)
 
     @app.post("/api/skip")
     async def post_skip(request: Request) -> dict[str, Any]:
         """Defer {"pair_id"} to the back of this labeler's queue (nothing is stored as a label)."""
-        token = _bearer_token(request)
+        labeler = await run_in_threadpool(authenticate, request)
         (pair_id,) = _fields(await _read_json_object(request), ("pair_id",))
-
-        def action(conn: sqlite3.Connection, labeler: str) -> dict[str, Any]:
-            storage.skip_pair(conn, labeler, pair_id)
-            return {"ok": True, "pair_id": pair_id}
-
-        return await run_in_threadpool(with_labeler, token, action)
+        await run_in_threadpool(in_store, lambda conn: storage.skip_pair(conn, labeler, pair_id))
+        return {"ok": True, "pair_id": pair_id}
 
     @app.post("/api/undo")
     async def post_undo(request: Request) -> JSONResponse:
         """Remove this labeler's last label; its pair becomes the next one. 409 if none."""
-        token = _bearer_token(request)
+        labeler = await run_in_threadpool(authenticate, request)
         _fields(await _read_json_object(request, allow_empty=True), ())
-        undone = await run_in_threadpool(with_labeler, token, storage.undo_last)
+        undone = await run_in_threadpool(in_store, lambda conn: storage.undo_last(conn, labeler))
         if undone is None:
             return JSONResponse({"ok": False, "detail": "nothing to undo"}, status_code=409)
         return JSONResponse({"ok": True, "pair_id": undone[0], "choice": undone[1]})

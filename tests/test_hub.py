@@ -52,19 +52,19 @@ def _captions(model, processor, images) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_vlm_dir):
     """A run dir holding a perturbed (non-no-op) LoRA adapter of a tiny llava, its
     processor, a critic, the resolved config, eval results and a curves image."""
     from peft import LoraConfig, get_peft_model
     from PIL import Image
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from mmft.data.synthetic import load_synthetic_captions
-    from mmft.testing import make_tiny_vlm
 
     root = tmp_path_factory.mktemp("push")
-    _, processor = make_tiny_vlm("llava", root / "base")
-    model = AutoModelForImageTextToText.from_pretrained(root / "base")
+    base_dir = Path(tiny_vlm_dir("llava"))
+    processor = AutoProcessor.from_pretrained(base_dir)
+    model = AutoModelForImageTextToText.from_pretrained(base_dir)
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(0)
     with torch.no_grad():
@@ -86,7 +86,7 @@ def run(tmp_path_factory):
     captions = _captions(peft_model, processor, images)
     with peft_model.disable_adapter():
         base_captions = _captions(peft_model, processor, images)
-    return {"root": root, "adapter": adapter, "base": root / "base", "images": images,
+    return {"root": root, "adapter": adapter, "base": base_dir, "images": images,
             "captions": captions, "base_captions": base_captions}
 
 

@@ -184,3 +184,15 @@ def test_url_token_login_missing_image_and_held_keys(browser, tmp_path, start_se
     assert db_labels(db) == {("dave", "p000"): "B"}
     assert seen["dialogs"] == []
     assert [e for e in seen["errors"] if "status of 404" not in e] == [], seen["errors"]  # the deleted image
+
+
+def test_install_script_is_a_no_op_when_chromium_is_present(chromium):
+    """The Makefile runs the script before every test run; with chromium present it must not touch apt."""
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "install_chromium.sh")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""

@@ -144,6 +144,14 @@ def test_karpathy_splits_and_restval(karpathy):
     assert len(load_data(spec, "all")) == 4
 
 
+def test_karpathy_flickr_style_ids(tmp_path):
+    # dataset_flickr30k.json has no filepath and no cocoid: the id is the file stem.
+    _png(tmp_path / "imgs" / "1000092795.jpg")
+    data = {"images": [{"filename": "1000092795.jpg", "split": "test", "sentences": [{"raw": "two men"}]}]}
+    ds = load_data(f"karpathy:{_json(tmp_path / 'dataset_flickr30k.json', data)}:{tmp_path / 'imgs'}", "test")
+    assert ds["image_id"] == ["1000092795"] and ds["references"] == [["two men"]]
+
+
 def test_karpathy_empty_sentence_names_position(karpathy):
     path, root = karpathy
     data = json.loads(path.read_text())
@@ -297,6 +305,12 @@ def test_imagefolder(tmp_path):
     assert ds["image_id"] == ["x.png", "y.png"] and ds["references"] == [["x in test"], ["y", "why"]]
     with pytest.raises(DataError, match="No metadata for split 'validation'"):
         load_data(f"imagefolder:{root}", "validation")
+    flat = tmp_path / "flat"  # metadata.csv at the top: the whole folder is the train split
+    _png(flat / "imgs" / "z.png")
+    (flat / "metadata.csv").write_text("file_name,caption\nimgs/z.png,a zed\nimgs/gone.png,lost\n")
+    with pytest.raises(DataError, match=r"metadata.csv line 3: .*gone.png"):
+        load_data(f"imagefolder:{flat}", "train")
+    assert load_data(f"imagefolder:{flat}", "all", on_error="skip")["references"] == [["a zed"]]
     (root / "train" / "metadata.jsonl").write_text('{"file_name": "x.png", "text": "ok"}\n{"file_name": \n')
     with pytest.raises(DataError, match=r"train/metadata.jsonl line 2: invalid JSON"):
         load_data(f"imagefolder:{root}", "train")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -119,10 +120,14 @@ def test_export_writes_a_dpo_vision_dataset_and_reports_what_it_left_out(tmp_pat
 
     # TRL 1.16's DPO vision path: the trainer keeps these columns and calls this collator on them.
     from trl.data_utils import is_conversational
-    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference, DPOTrainer
 
     example = reloaded[0]
     assert is_conversational(example)
+    # DPOTrainer keeps only its "signature" columns of a vision dataset; ours must all survive.
+    trainer_state = SimpleNamespace(_signature_columns=None, _is_vision_dataset=True)
+    DPOTrainer._set_signature_columns_if_needed(trainer_state)
+    assert {"image", "prompt", "chosen", "rejected"} <= set(trainer_state._signature_columns)
     batch = DataCollatorForVisionPreference(_tiny_vision_processor())(
         [dict(row) for row in reloaded.select(range(2))]
     )

@@ -173,10 +173,20 @@ def _java_executable() -> str:
     return java
 
 
-def _corenlp_jar() -> Path:
+def pycocoevalcap_dir() -> Path:
+    """Folder of the installed pycocoevalcap package (a namespace package: no ``__file__``)."""
     import pycocoevalcap
 
-    jar = Path(pycocoevalcap.__file__).parent / "tokenizer" / "stanford-corenlp-3.4.1.jar"
+    return Path(list(pycocoevalcap.__path__)[0])
+
+
+def java_executable() -> str:
+    """Path of ``java``, or a RuntimeError saying how to get one."""
+    return _java_executable()
+
+
+def _corenlp_jar() -> Path:
+    jar = pycocoevalcap_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
     if not jar.is_file():
         raise FileNotFoundError(f"pycocoevalcap's CoreNLP jar is missing: expected {jar}; reinstall pycocoevalcap")
     return jar

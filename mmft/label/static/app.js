@@ -92,7 +92,6 @@ async function loadNext() {
   $("progress").textContent = data.progress.done + " / " + data.progress.total + " labelled";
   $("who").textContent = "as " + data.labeler;
   if (data.done) {
-    state.pairId = null;
     $("task").dataset.pairId = "";
     show("finished");
     return;
@@ -121,9 +120,12 @@ async function run(action) {
   }
 }
 
+// With no pair on screen (the last load failed), any action retries the load instead.
+const reload = () => run(async () => {});
+
 function choose(choice) {
   const pairId = state.pairId;
-  if (pairId === null) return;
+  if (pairId === null) return reload();
   run(async () => {
     await api("POST", "/api/label", { pair_id: pairId, choice });
     setStatus("Saved " + choice + " for " + pairId + ".");
@@ -132,7 +134,7 @@ function choose(choice) {
 
 function skip() {
   const pairId = state.pairId;
-  if (pairId === null) return;
+  if (pairId === null) return reload();
   run(async () => {
     await api("POST", "/api/skip", { pair_id: pairId });
     setStatus("Skipped " + pairId + "; it comes back at the end.");
@@ -150,7 +152,7 @@ function start(token) {
   state.token = token;
   localStorage.setItem(TOKEN_KEY, token);
   $("login-error").textContent = "";
-  run(async () => {});
+  reload();
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -10,6 +10,7 @@ in TRL's GRPOTrainer/RLOOTrainer and in mmft's PPO and SCST trainers. This packa
 from reward_models._text import ReferenceReward, completion_to_text, completions_to_text
 from reward_models.bleu import Bleu
 from reward_models.cider import CiderD
+from reward_models.meteor import Meteor
 from reward_models.rouge import RougeL
 from reward_models.tokenize import JavaPTBTokenizer, ptb_tokenize, ptb_tokens
 
@@ -17,6 +18,7 @@ __all__ = [
     "Bleu",
     "CiderD",
     "JavaPTBTokenizer",
+    "Meteor",
     "ReferenceReward",
     "RougeL",
     "completion_to_text",

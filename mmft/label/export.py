@@ -66,6 +66,8 @@ class ExportSummary:
             f"not exported: {self.choices.get('tie', 0)} tie, {self.choices.get('both_bad', 0)} both_bad "
             "(no preference between the captions)",
         ]
+        if self.rows == 0:
+            lines.append("warning: the dataset is empty (no A or B labels yet)")
         if self.not_in_pairs_file:
             lines.append(
                 f"not exported: {self.not_in_pairs_file} label(s) on pairs missing from the --pairs file"
@@ -182,7 +184,8 @@ def export_preferences(
 
     features = _features()
     dataset = Dataset.from_dict({name: columns[name] for name in features}, features=features)
-    dataset.save_to_disk(str(output_dir))
+    # datasets writes zero shards for an empty dataset, which load_from_disk then cannot read.
+    dataset.save_to_disk(str(output_dir), num_shards=1 if len(dataset) == 0 else None)
     summary.rows = len(dataset)
     summary.choices = {choice: choices.get(choice, 0) for choice in storage.CHOICES}
     summary.labelers = dict(Counter(columns["labeler"]))

@@ -169,3 +169,14 @@ def test_exported_image_bytes_are_the_original_file(tmp_path):
     assert raw["bytes"] == (tmp_path / "images" / "0.png").read_bytes()
     assert raw["path"] == "0.png"
     assert Image.open(io.BytesIO(raw["bytes"])).format == "PNG"
+
+
+def test_export_without_preferences_writes_an_empty_loadable_dataset(tmp_path):
+    pairs = write_pairs(tmp_path, 2)
+    db = tmp_path / "labels.sqlite"
+    _label_directly(db, pairs, "ann", {"p000": "tie", "p001": "both_bad"})
+    summary = export_preferences(db, tmp_path / "out")
+    assert summary.rows == 0 and summary.choices == {"A": 0, "B": 0, "tie": 1, "both_bad": 1}
+    assert "warning: the dataset is empty" in summary.format()
+    dataset = load_from_disk(str(tmp_path / "out"))
+    assert len(dataset) == 0 and dataset.column_names[:4] == ["image", "prompt", "chosen", "rejected"]

@@ -85,8 +85,8 @@ class LabelServer:
         return self.log_path.read_text(errors="replace")
 
     def _wait_until_ready(self, timeout: float = 90.0) -> None:
-        # Generous: `import mmft` loads transformers (mmft/__init__ imports the PPO config),
-        # which takes several seconds on a busy 2-core machine.
+        # Generous: a server normally answers within 2 s, but on a 2-core machine shared with
+        # training jobs Python's imports alone have taken 15 s.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -12,9 +12,14 @@ from reward_models.bleu import Bleu
 from reward_models.cider import CiderD
 from reward_models.meteor import Meteor
 from reward_models.rouge import RougeL
+from reward_models.shaping import AttributeReward, LengthReward, RepetitionPenalty, VocabularyRichness
 from reward_models.tokenize import JavaPTBTokenizer, ptb_tokenize, ptb_tokens
 
 __all__ = [
+    "AttributeReward",
+    "LengthReward",
+    "RepetitionPenalty",
+    "VocabularyRichness",
     "Bleu",
     "CiderD",
     "JavaPTBTokenizer",

@@ -138,7 +138,7 @@ def test_composer_running_normalisation_and_clip():
         return batches[state["i"] - 1]
 
     stream.__name__ = "stream"
-    composer = RewardComposer([stream], normalize=True, clip=1.5)
+    composer = RewardComposer([stream, _const("zero", [0.0] * 3)], [1.0, 0.0], normalize=True, clip=1.5)
     seen = []
     for batch in batches:
         out = composer.compute(completions=["c"] * 3)
@@ -147,7 +147,7 @@ def test_composer_running_normalisation_and_clip():
         want = np.clip((np.array([np.nan if v is None else v for v in batch]) - mean) / (std + 1e-8), -1.5, 1.5)
         np.testing.assert_allclose(out.used["stream"], want, rtol=1e-12)
     assert composer.stats["stream"].count == 8
-    clone = RewardComposer([stream], normalize=True)
+    clone = RewardComposer([stream, _const("zero", [0.0] * 3)], normalize=True)
     clone.load_state_dict(composer.state_dict())
     assert clone.stats["stream"].mean == pytest.approx(np.mean(seen))
 

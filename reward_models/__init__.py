@@ -10,8 +10,10 @@ in TRL's GRPOTrainer/RLOOTrainer and in mmft's PPO and SCST trainers. This packa
 from reward_models._text import ReferenceReward, completion_to_text, completions_to_text
 from reward_models.bleu import Bleu
 from reward_models.cider import CiderD
+from reward_models.clipscore import ClipScore
 from reward_models.meteor import Meteor
 from reward_models.rouge import RougeL
+from reward_models.spice import Spice, SpiceModelsMissing
 from reward_models.shaping import AttributeReward, LengthReward, RepetitionPenalty, VocabularyRichness
 from reward_models.tokenize import JavaPTBTokenizer, ptb_tokenize, ptb_tokens
 
@@ -22,10 +24,13 @@ __all__ = [
     "VocabularyRichness",
     "Bleu",
     "CiderD",
+    "ClipScore",
     "JavaPTBTokenizer",
     "Meteor",
     "ReferenceReward",
     "RougeL",
+    "Spice",
+    "SpiceModelsMissing",
     "completion_to_text",
     "completions_to_text",
     "ptb_tokenize",

@@ -15,6 +15,7 @@ _COMMAND_MODULES = (
     "mmft.testing.cli",  # archs, make-tiny
     "mmft.label.cli",  # label serve | add-labeler | export
     "mmft.hub_cli",  # push
+    "mmft.evaluation.cli",  # eval
 )
 
 

@@ -4,13 +4,124 @@ Evaluation reports pycocoevalcap's numbers: PTB tokenisation in Java, then BLEU-
 METEOR, ROUGE-L, CIDEr-D (document frequencies over the evaluated set, as the official
 metric defines them) and SPICE when its models are installed. Training rewards live in
 `reward_models` and use corpus-level document frequencies instead (ppo_spec.md).
+
+`score_captions` also returns each image's own scores (for the gallery and the
+per-slice means); `caption_metrics` is the corpus numbers alone. `clip_score` is
+CLIPScore (Hessel et al. 2021), reference-free, from any CLIP checkpoint.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 
 ALL_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+# pycocoevalcap downloads these on first use (`get_stanford_models`); evaluation machines are
+# often offline, so SPICE runs only when they are already there.
+SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+# CLIPScore's rescaling weight w in CLIP-S = w * max(cos, 0) (Hessel et al. 2021, eq. 1).
+CLIPSCORE_WEIGHT = 2.5
+
+
+def spice_unavailable_reason() -> str | None:
+    """Why SPICE cannot run here (missing Java or Stanford CoreNLP models), or None when it can."""
+    if shutil.which("java") is None:
+        return "SPICE needs Java 8+ on PATH (`java` was not found)."
+    from pycocoevalcap.spice import spice
+
+    lib = os.path.join(os.path.dirname(spice.__file__), "lib")
+    missing = [j for j in SPICE_CORENLP_JARS if not os.path.isfile(os.path.join(lib, j))]
+    if missing:
+        return (f"SPICE needs the Stanford CoreNLP 3.6.0 jars in {lib} (missing: {', '.join(missing)}); "
+                "run `python -m pycocoevalcap.spice.get_stanford_models` once with internet access.")
+    return None
+
+
+def available_metrics() -> tuple[str, ...]:
+    """Every metric of `ALL_METRICS` this machine can compute (SPICE only with its models)."""
+    return ALL_METRICS if spice_unavailable_reason() is None else ALL_METRICS[:-1]
+
+
+def _check_java() -> None:
+    if shutil.which("java") is None:
+        raise RuntimeError("pycocoevalcap's PTB tokenizer and METEOR run in Java, and `java` is not on PATH: "
+                           "install a JRE (e.g. apt-get install openjdk-17-jre-headless) or pass tokenize='lower' "
+                           "and leave METEOR/SPICE out.")
+
+
+def score_captions(
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    metrics: Sequence[str] = ("Bleu_4", "CIDEr"),
+    tokenize: str = "ptb",
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Corpus and per-image metrics of `candidates` [N] against `references` [N][k].
+
+    Returns `(corpus, per_image)`: `corpus` maps pycocoevalcap names to the corpus score,
+    `per_image` [N] maps the same names to each image's own score (sentence-level BLEU
+    for the Bleu_n entries; CIDEr-D, ROUGE-L, METEOR and SPICE corpus scores are the mean
+    of these).
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} candidates but {len(references)} reference lists.")
+    unknown = set(metrics) - set(ALL_METRICS)
+    if unknown:
+        raise ValueError(f"Unknown metric(s) {sorted(unknown)}; known: {ALL_METRICS}.")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str) or not refs:
+            raise ValueError(f"Sample {i}: references must be a non-empty list of strings, got {refs!r}.")
+    if "SPICE" in metrics and (reason := spice_unavailable_reason()):
+        raise RuntimeError(reason + " Leave SPICE out of `metrics` (see available_metrics()).")
+    n = len(candidates)
+    gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
+    res = {i: [{"caption": c}] for i, c in enumerate(candidates)}
+    if tokenize == "ptb":
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        _check_java()
+        tok = PTBTokenizer()
+        gts, res = tok.tokenize(gts), tok.tokenize(res)
+    else:
+        gts = {i: [r["caption"].lower() for r in v] for i, v in gts.items()}
+        res = {i: [r["caption"].lower() for r in v] for i, v in res.items()}
+    # pycocoevalcap asserts on empty candidates; an empty caption scores zero instead.
+    # Re-keyed in index order: every scorer returns per-image scores in gts' key order.
+    res = {i: [res[i][0] if res[i][0].strip() else "<empty>"] for i in range(n)}
+    gts = {i: gts[i] for i in range(n)}
+    corpus: dict[str, float] = {}
+    per_image: list[dict[str, float]] = [{} for _ in range(n)]
+
+    def put(name: str, total, scores) -> None:
+        corpus[name] = float(total)
+        for row, s in zip(per_image, scores):
+            row[name] = float(s)
+
+    if any(m.startswith("Bleu") for m in metrics):
+        bleu, bleu_images = Bleu(4).compute_score(gts, res, verbose=0)
+        for k in range(4):
+            if f"Bleu_{k + 1}" in metrics:
+                put(f"Bleu_{k + 1}", bleu[k], bleu_images[k])
+    if "METEOR" in metrics:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        _check_java()
+        put("METEOR", *Meteor().compute_score(gts, res))
+    if "ROUGE_L" in metrics:
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        put("ROUGE_L", *Rouge().compute_score(gts, res))
+    if "CIDEr" in metrics:
+        put("CIDEr", *Cider().compute_score(gts, res))
+    if "SPICE" in metrics:
+        from pycocoevalcap.spice.spice import Spice
+
+        total, images = Spice().compute_score(gts, res)
+        put("SPICE", total, [s["All"]["f"] for s in images])
+    return corpus, per_image
 
 
 def caption_metrics(
@@ -20,42 +131,51 @@ def caption_metrics(
     tokenize: str = "ptb",
 ) -> dict[str, float]:
     """Corpus metrics of `candidates` [N] against `references` [N][k], pycocoevalcap names."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
+    return score_captions(candidates, references, metrics, tokenize)[0]
 
-    if len(candidates) != len(references):
-        raise ValueError(f"{len(candidates)} candidates but {len(references)} reference lists.")
-    unknown = set(metrics) - set(ALL_METRICS)
-    if unknown:
-        raise ValueError(f"Unknown metric(s) {sorted(unknown)}; known: {ALL_METRICS}.")
-    gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
-    res = {i: [{"caption": c}] for i, c in enumerate(candidates)}
-    if tokenize == "ptb":
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        tok = PTBTokenizer()
-        gts, res = tok.tokenize(gts), tok.tokenize(res)
-    else:
-        gts = {i: [r["caption"].lower() for r in v] for i, v in gts.items()}
-        res = {i: [r["caption"].lower() for r in v] for i, v in res.items()}
-    # pycocoevalcap asserts on empty candidates; an empty caption scores zero instead.
-    res = {i: [c[0] if c[0].strip() else "<empty>"] for i, c in res.items()}
-    out: dict[str, float] = {}
-    if any(m.startswith("Bleu") for m in metrics):
-        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-        out.update({f"Bleu_{n + 1}": float(bleu[n]) for n in range(4) if f"Bleu_{n + 1}" in metrics})
-    if "CIDEr" in metrics:
-        out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    if "ROUGE_L" in metrics:
-        from pycocoevalcap.rouge.rouge import Rouge
+def clip_score(images: Sequence, captions: Sequence[str], model_path: str, *, batch_size: int = 32,
+               device: str | None = None) -> tuple[float, list[float]]:
+    """CLIPScore (Hessel et al. 2021): 2.5 * max(cos(image, caption), 0) with a CLIP model.
 
-        out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
-    if "METEOR" in metrics:
-        from pycocoevalcap.meteor.meteor import Meteor
+    `images` [N] PIL images, `captions` [N]; returns (mean, per-image scores [N]). Captions
+    are truncated to CLIP's text length (77 tokens), as in the paper's reference code.
+    """
+    import torch
+    from transformers import AutoModel, AutoProcessor
 
-        out["METEOR"] = float(Meteor().compute_score(gts, res)[0])
-    if "SPICE" in metrics:
-        from pycocoevalcap.spice.spice import Spice
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} captions.")
+    try:
+        model = AutoModel.from_pretrained(model_path)
+        processor = AutoProcessor.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Could not load a CLIP model and processor from {model_path!r}: {err}") from err
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise ValueError(f"{model_path!r} is a {type(model).__name__}, not a CLIP-style dual encoder "
+                         "(it needs get_image_features and get_text_features).")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    max_len = getattr(model.config.text_config, "max_position_embeddings", 77)
+    scores: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            ims = [im.convert("RGB") for im in images[start:start + batch_size]]
+            txt = list(captions[start:start + batch_size])
+            enc = processor(text=txt, images=ims, return_tensors="pt", padding=True, truncation=True,
+                            max_length=max_len).to(device)
+            img = model.get_image_features(pixel_values=enc["pixel_values"])
+            text = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask"))
+            img, text = _features(img), _features(text)
+            cos = torch.nn.functional.cosine_similarity(img.float(), text.float(), dim=-1)
+            scores += (CLIPSCORE_WEIGHT * cos.clamp(min=0)).tolist()
+    return (sum(scores) / len(scores) if scores else float("nan")), scores
 
-        out["SPICE"] = float(Spice().compute_score(gts, res)[0])
-    return out
+
+def _features(out):
+    # transformers 5 may return a model output holding the pooled projection instead of a tensor.
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.pooler_output

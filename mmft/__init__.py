@@ -4,15 +4,18 @@ PPO with a critic that sees the image, SCST, caption-metric and learned rewards,
 human preference collection, on transformers + TRL + peft + accelerate/DeepSpeed.
 """
 
-from mmft.ppo.config import PPOConfig, RLConfig, SCSTConfig
-
 __version__ = "0.1.0"
 
 __all__ = ["PPOConfig", "PPOTrainer", "RLConfig", "SCSTConfig", "SCSTTrainer"]
 
 
 def __getattr__(name):
-    # Trainers pull in transformers/peft/accelerate: import them on first use only.
+    # Configs and trainers pull in torch/transformers/peft: import them on first use only,
+    # so `mmft` subcommands that need none of it start fast.
+    if name in ("PPOConfig", "RLConfig", "SCSTConfig"):
+        from mmft.ppo import config
+
+        return getattr(config, name)
     if name == "PPOTrainer":
         from mmft.ppo.trainer import PPOTrainer
 

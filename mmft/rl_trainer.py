@@ -111,7 +111,11 @@ class RLTrainer:
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.collator = VLMCollator(self.processor, args.max_prompt_length, args.skip_long_prompts)
-        self.rewards = RewardComposer(reward_funcs, weights=args.reward_weights)
+        if isinstance(reward_funcs, RewardComposer):
+            self.rewards = reward_funcs
+        else:
+            funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+            self.rewards = RewardComposer(funcs, weights=args.reward_weights)
         self.eval_metrics = eval_metrics
 
         self.model = self._build_roles(model, peft_config, sft_adapter)
@@ -232,20 +236,22 @@ class RLTrainer:
                 top_p=args.top_p,
             )
 
-    def score(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, list], list[str]]:
-        """Step 5: decode, call every reward with TRL's contract, weight, check."""
+    def score(self, rollout: Rollout, rows: list[dict]) -> tuple[torch.Tensor, dict[str, float], list[str]]:
+        """Step 5: decode, call every reward with TRL's contract, weight, check.
+
+        Returns scores [B], the mean of each reward component (`rewards/<name>`) and the texts."""
         texts = decode_responses(self.tokenizer, rollout.response_ids, rollout.response_mask)
         prompts = [r["prompt"] for r in rows]
         conversational = isinstance(prompts[0], list)
         completions = [[{"role": "assistant", "content": t}] for t in texts] if conversational else texts
         columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
         completion_ids = [ids[: int(m.sum())].tolist() for ids, m in zip(rollout.response_ids, rollout.response_mask)]
-        total, components = self.rewards(prompts=prompts, completions=completions, completion_ids=completion_ids,
-                                         **columns)
-        scores = torch.as_tensor(np.asarray(total, dtype=np.float64), dtype=torch.float32)
+        composed = self.rewards.compute(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                                        **columns)
+        scores = torch.as_tensor(composed.total, dtype=torch.float32)
         if self.args.missing_eos_penalty is not None:
             scores = scores - self.args.missing_eos_penalty * (~rollout.stopped).float()
-        return scores, components, texts
+        return scores, composed.metrics(), texts
 
     def forward_no_grad(self, rollout: Rollout, roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Steps 2-4: old log-probs, reference log-probs and values, in the training layout
@@ -442,6 +448,7 @@ class RLTrainer:
             torch.save(self.lr_scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             state = {"iteration": self.iteration, "kl_ctl": self.kl_ctl.state_dict(),
                      "skipped_prompts": self.skipped_prompts, "log_history": self.log_history,
+                     "reward_stats": self.rewards.state_dict(),
                      "algorithm": self.algorithm}
             Path(tmp, TRAINER_STATE).write_text(json.dumps(state, indent=1))
             self.save_adapters(tmp)
@@ -472,6 +479,7 @@ class RLTrainer:
         self.iteration = state["iteration"]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.skipped_prompts = state["skipped_prompts"]
+        self.rewards.load_state_dict(state["reward_stats"])
         self.log_history = state["log_history"]
 
     def save_adapters(self, directory: str) -> None:

@@ -20,11 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from mmft.data.errors import DataError
 from mmft.models.arch import SEQUENCE_KEYS
-
-
-class DataError(ValueError):
-    """Bad input data, with the sample (and file) it came from and what to do."""
 
 
 @dataclass

@@ -71,7 +71,7 @@ class PPOTrainer(RLTrainer):
             "response/length": mask.sum(-1).mean().item(),
             "response/stop_rate": rollout.stopped.float().mean().item(),
             **stats,
-            **{f"rewards/{name}": _mean(vals) for name, vals in components.items()},
+            **components,
         }
         elapsed = time.time() - t0
         metrics.update({"perf/samples_per_s": len(mask) / elapsed, "perf/tokens_per_s": mask.sum().item() / elapsed,
@@ -80,8 +80,3 @@ class PPOTrainer(RLTrainer):
         self.kl_ctl.update(metrics["objective/kl"], args.rollout_batch_size)
         self.log_samples(texts, scores, rows)
         return metrics
-
-
-def _mean(values: list) -> float:
-    vals = [v for v in values if v is not None]
-    return float(sum(vals) / len(vals)) if vals else float("nan")

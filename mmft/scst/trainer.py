@@ -15,7 +15,6 @@ import torch
 
 from mmft.models.roles import POLICY, REF
 from mmft.ppo import core
-from mmft.ppo.trainer import _mean
 from mmft.rl_trainer import RLTrainer
 
 
@@ -69,7 +68,7 @@ class SCSTTrainer(RLTrainer):
             "perf/tokens_per_s": mask.sum().item() / elapsed,
             "perf/generation_share": t_gen / elapsed,
             **stats,
-            **{f"rewards/{name}": _mean(vals) for name, vals in components.items()},
+            **components,
         }
         metrics = self.reduce_mean(metrics)
         self.kl_ctl.update(metrics["objective/kl"], args.rollout_batch_size)

@@ -1,0 +1,183 @@
+"""PPO (or SCST) for image captioning with caption-metric and learned rewards.
+
+With no arguments this runs the embedded demo: the cached demo base model (a small
+LLaVA-architecture VLM SFT-trained on the synthetic scenes; built on first use, about
+5 minutes on 2 CPU cores), LoRA policy and critic adapters on that one base, CIDEr-D
+as the reward (document frequencies from the training references), then prints held-out
+CIDEr-D and BLEU-4 before and after:
+
+    accelerate launch recipes/caption_ppo.py                       # the demo (make demo)
+    accelerate launch recipes/caption_ppo.py --algorithm scst      # SCST, greedy baseline
+    accelerate launch recipes/caption_ppo.py --config recipes/configs/qwen2_5_vl_coco_ppo.yaml
+    accelerate launch --config_file recipes/accelerate_configs/cpu_zero3.yaml \
+        recipes/caption_ppo.py --config recipes/configs/smoke.yaml --output_dir outputs/smoke
+
+Tested on: 2 CPU cores (demo, smoke), see BENCHMARKS.md for figures. Values resolve as
+defaults < YAML `--config` < command line; the resolved config is written to
+OUTPUT_DIR/resolved_config.yaml, the before/after metrics to OUTPUT_DIR/eval_results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import yaml
+
+
+@dataclass
+class ScriptArguments:
+    algorithm: str = field(default="ppo", metadata={"help": "'ppo' (learned critic) or 'scst' (self-critical)."})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Base VLM (Hub id or folder); default: the cached demo base model."})
+    sft_adapter: str | None = field(
+        default=None, metadata={"help": "Start from this SFT LoRA adapter (kept frozen as the reference)."})
+    dataset: str = field(default="synthetic", metadata={"help": "Data spec: synthetic, coco:ANN:IMGS, "
+                                                                "karpathy:JSON:ROOT, flickr:TOKENS:IMGS, hf:NAME ..."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="test", metadata={"help": "Held-out split for before/after metrics."})
+    num_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows."})
+    num_eval_samples: int | None = field(default=None, metadata={"help": "Cap on held-out rows."})
+    rewards: list[dict] | None = field(
+        default=None, metadata={"help": "YAML list of {name, weight, kwargs}; default: [{name: cider_d}]."})
+    reward_funcs: list[str] | None = field(
+        default=None, metadata={"help": "Command-line alternative to `rewards`: names, module:attr or file.py:attr."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the policy and critic adapters."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_targets: str = field(default="language", metadata={"help": "'language', 'language+projector' or 'all'."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: nf4 4-bit frozen base (bitsandbytes)."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Publish the adapter with a model card at the end."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id for --push_to_hub."})
+
+
+DEMO_DEFAULTS = dict(
+    output_dir="outputs/caption_ppo_demo", max_steps=60, per_device_train_batch_size=16,
+    gradient_accumulation_steps=2, num_mini_batches=1, num_ppo_epochs=2, learning_rate=1e-3,
+    max_new_tokens=32, temperature=1.0, kl_coef=0.02, eval_steps=0, save_steps=20, logging_steps=5,
+    per_device_eval_batch_size=50, seed=0,
+)
+
+
+def parse_args(argv: list[str]):
+    """(ScriptArguments, PPOConfig | SCSTConfig): defaults < YAML --config < command line."""
+    from transformers import HfArgumentParser
+
+    from mmft.ppo.config import PPOConfig, SCSTConfig
+
+    config: dict = dict(DEMO_DEFAULTS)
+    if "--config" in argv:
+        i = argv.index("--config")
+        with open(argv[i + 1]) as f:
+            config.update(yaml.safe_load(f) or {})
+        argv = argv[:i] + argv[i + 2:]
+    algorithm = config.get("algorithm", "ppo")
+    if "--algorithm" in argv:
+        algorithm = argv[argv.index("--algorithm") + 1]
+    config_class = {"ppo": PPOConfig, "scst": SCSTConfig}.get(algorithm)
+    if config_class is None:
+        raise SystemExit(f"--algorithm must be 'ppo' or 'scst', got {algorithm!r}.")
+    parser = HfArgumentParser((ScriptArguments, config_class))
+    known = {f for dc in (ScriptArguments, config_class) for f in dc.__dataclass_fields__}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise SystemExit(f"Unknown key(s) in the YAML config: {unknown}.")
+    parser.set_defaults(**config)
+    script_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    return script_args, train_args
+
+
+def build_rewards(script_args: ScriptArguments, train_dataset):
+    """The weighted rewards (a RewardComposer); reference rewards get the training corpus
+    (CIDEr-D's document frequencies come from it once, never from the batch)."""
+    from mmft.rewards import load_rewards
+
+    specs = script_args.rewards or [{"name": n} for n in (script_args.reward_funcs or ["cider_d"])]
+    corpus = train_dataset["references"] if "references" in train_dataset.column_names else None
+    return load_rewards(specs, corpus=corpus)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from mmft import PPOTrainer, SCSTTrainer
+    from mmft.data.loaders import load_data
+    from mmft.demo import build_demo_base
+    from mmft.models.loading import load_processor
+    from mmft.rl_trainer import default_lora_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    script_args, args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    # Model and processor (the demo base is built once and cached).
+    model_path = script_args.model_name_or_path or str(build_demo_base())
+    processor = load_processor(model_path)
+    args.load_in_4bit = script_args.load_in_4bit
+    peft_config = default_lora_config(script_args.lora_targets, script_args.lora_r, script_args.lora_alpha)
+
+    # Data and rewards.
+    train = load_data(script_args.dataset, script_args.train_split, num_samples=script_args.num_train_samples)
+    held_out = load_data(script_args.dataset, script_args.eval_split, num_samples=script_args.num_eval_samples)
+    rewards = build_rewards(script_args, train)
+
+    # Trainer, evaluate before, train, evaluate after.
+    trainer_class = PPOTrainer if script_args.algorithm == "ppo" else SCSTTrainer
+    trainer = trainer_class(model_path, processing_class=processor, args=args, reward_funcs=rewards,
+                            train_dataset=train, eval_dataset=held_out, peft_config=peft_config,
+                            sft_adapter=script_args.sft_adapter)
+    write_resolved_config(trainer, script_args, args)
+    before = strip(trainer.evaluate(held_out))
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    after = strip(trainer.evaluate(held_out))
+    trainer.save_model(args.output_dir)
+
+    results = {"before": before, "after": after}
+    if trainer.accelerator.is_main_process:
+        with open(f"{args.output_dir}/eval_results.json", "w") as f:
+            json.dump(results, f, indent=2)
+        print_table(results, script_args.algorithm)
+        if script_args.push_to_hub:
+            from mmft.hub import push_adapter
+
+            push_adapter(args.output_dir, script_args.hub_model_id or args.hub_model_id)
+    return results
+
+
+def strip(metrics: dict) -> dict:
+    return {k.removeprefix("eval/"): v for k, v in metrics.items()}
+
+
+def write_resolved_config(trainer, script_args, args) -> None:
+    if not trainer.accelerator.is_main_process:
+        return
+    resolved = {
+        "model": {"model_name_or_path": trainer.model_name_or_path, "sft_adapter": script_args.sft_adapter,
+                  "lora_r": script_args.lora_r, "lora_alpha": script_args.lora_alpha,
+                  "lora_targets": script_args.lora_targets, "load_in_4bit": script_args.load_in_4bit},
+        "data": {"dataset": script_args.dataset, "train_split": script_args.train_split,
+                 "eval_split": script_args.eval_split},
+        "algorithm": {"algorithm": script_args.algorithm,
+                      **{k: v for k, v in args.to_dict().items() if _plain(v)}},
+        "rewards": script_args.rewards or [
+            {"name": n, "weight": w} for n, w in zip(trainer.rewards.names, trainer.rewards.weights)],
+    }
+    with open(f"{args.output_dir}/resolved_config.yaml", "w") as f:
+        yaml.safe_dump(resolved, f, sort_keys=False)
+
+
+def _plain(v) -> bool:
+    return isinstance(v, (int, float, str, bool, type(None))) or (
+        isinstance(v, list) and all(isinstance(x, (int, float, str)) for x in v))
+
+
+def print_table(results: dict, algorithm: str) -> None:
+    keys = [k for k in results["after"] if k in results["before"]]
+    print(f"\n{algorithm.upper()} on held-out data (greedy captions, pycocoevalcap):")
+    print(f"{'metric':<10} {'before':>8} {'after':>8} {'change':>8}")
+    for k in keys:
+        b, a = results["before"][k], results["after"][k]
+        rel = f"{100 * (a - b) / b:+.1f}%" if b else "n/a"
+        print(f"{k:<10} {b:>8.4f} {a:>8.4f} {rel:>8}")
+
+
+if __name__ == "__main__":
+    main()

@@ -54,9 +54,9 @@ def _reward_funcs(args: argparse.Namespace, dataset) -> list:
     funcs = []
     if args.reward_model:
         try:
-            from reward_models import LearnedReward
+            from reward_models.learned import LearnedReward
         except ImportError as err:
-            raise EvalError("--reward-model needs reward_models.LearnedReward, which this install does not "
+            raise EvalError("--reward-model needs reward_models.learned.LearnedReward, which this install does not "
                             f"provide ({err}).") from err
         funcs.append(LearnedReward(args.reward_model))
     if "objects" in dataset.column_names:
@@ -151,7 +151,7 @@ def _main(args: argparse.Namespace) -> int:
 
     try:
         run_eval(args)
-    except (EvalError, DataError, ModelLoadError, FileNotFoundError) as err:
+    except (EvalError, DataError, ModelLoadError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -177,7 +177,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--num-beams", type=int, default=1, help="1: greedy decoding; K > 1: beam search.")
     p.add_argument("--metrics", nargs="+", default=None, choices=ALL_METRICS,
                    help="pycocoevalcap metrics to compute (default: all; SPICE only when its models are installed).")
-    p.add_argument("--clip-model", default=None, help="CLIP checkpoint for CLIPScore (Hessel et al. 2021).")
+    p.add_argument("--clip-model", default=None, help="CLIP or SigLIP checkpoint for CLIPScore (Hessel et al. 2021).")
     p.add_argument("--reward-model", default=None, help="Learned reward model folder (reward_models.LearnedReward).")
     p.add_argument("--run-dir", default=None, help="Training run folder holding log_history.jsonl: draws curves.png.")
     compare = p.add_mutually_exclusive_group()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mmft.data.collator import VLMCollator
-from mmft.evaluation.metrics import available_metrics, clip_score, score_captions, spice_unavailable_reason
+from mmft.evaluation.metrics import available_metrics, score_captions, spice_unavailable_reason
 from mmft.evaluation.slices import attribute_slices, bias_report
 from mmft.rollout import decode_responses, generate, stop_token_ids
 
@@ -115,8 +115,9 @@ def score_generated(
 
     metrics: pycocoevalcap names; default every one this machine can compute (SPICE
     is left out, with a note, when its Stanford CoreNLP models are not installed).
-    clip_model: path of a CLIP checkpoint for CLIPScore. reward_funcs: callables with
-    TRL's reward contract, called once on the whole set with every dataset column.
+    clip_model: a CLIP or SigLIP checkpoint for CLIPScore (`reward_models.ClipScore`).
+    reward_funcs: callables with TRL's reward contract, called once on the whole set with
+    every dataset column; reported as `reward/<__name__>`.
     """
     _check_columns(dataset)
     if len(captions) != len(dataset):
@@ -130,17 +131,18 @@ def score_generated(
     image_ids = dataset["image_id"] if "image_id" in dataset.column_names else [str(i) for i in range(len(dataset))]
     corpus, per_image = score_captions(captions, references, metrics, tokenize)
     out = dict(corpus)
+    scorers = [(f"reward/{_name(f)}", f) for f in reward_funcs]
     if clip_model:
-        mean, scores = clip_score(dataset["image"], captions, clip_model)
-        out["CLIPScore"] = mean
-        for row, s in zip(per_image, scores):
-            row["CLIPScore"] = s
-    for func in reward_funcs:
-        name, values = _call_reward(func, captions, dataset)
+        from reward_models import ClipScore
+
+        # CLIP-S with the paper's "A photo depicts" prefix and w = 2.5 (Hessel et al. 2021).
+        scorers.insert(0, ("CLIPScore", ClipScore(clip_model, mode="clip_s", name="CLIPScore")))
+    for key, func in scorers:
+        values = _call_reward(func, captions, dataset)
         scored = [v for v in values if v is not None]
-        out[f"reward/{name}"] = sum(scored) / len(scored) if scored else float("nan")
+        out[key] = sum(scored) / len(scored) if scored else float("nan")
         for row, v in zip(per_image, values):
-            row[f"reward/{name}"] = float("nan") if v is None else float(v)
+            row[key] = float("nan") if v is None else float(v)
     if "objects" in dataset.column_names:
         slices, attributes = attribute_slices(captions, dataset["objects"], per_image)
         out.update(slices)
@@ -154,20 +156,23 @@ def score_generated(
     return EvalResult(out, samples, notes)
 
 
-def _call_reward(func: Callable, captions: Sequence[str], dataset) -> tuple[str, list[float | None]]:
+def _name(func: Callable) -> str:
+    return getattr(func, "__name__", type(func).__name__)
+
+
+def _call_reward(func: Callable, captions: Sequence[str], dataset) -> list[float | None]:
     """Call a reward with TRL's contract: conversational completions (the prompts are
-    conversational) and every dataset column by name."""
-    name = getattr(func, "__name__", type(func).__name__)
+    conversational) and every dataset column by name. Checks length and finiteness."""
+    name = _name(func)
     columns = {c: dataset[c] for c in dataset.column_names if c != "prompt"}
     completions = [[{"role": "assistant", "content": c}] for c in captions]
-    values = func(prompts=dataset["prompt"], completions=completions, **columns)
-    values = list(values)
+    values = list(func(prompts=dataset["prompt"], completions=completions, **columns))
     if len(values) != len(captions):
         raise ValueError(f"Reward {name!r} returned {len(values)} values for {len(captions)} captions.")
     for i, v in enumerate(values):
         if v is not None and not math.isfinite(float(v)):
             raise ValueError(f"Reward {name!r} returned {v} for sample {i} (caption {captions[i]!r}).")
-    return name, values
+    return values
 
 
 def evaluate_captions(

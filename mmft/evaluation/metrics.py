@@ -6,8 +6,8 @@ metric defines them) and SPICE when its models are installed. Training rewards l
 `reward_models` and use corpus-level document frequencies instead (ppo_spec.md).
 
 `score_captions` also returns each image's own scores (for the gallery and the
-per-slice means); `caption_metrics` is the corpus numbers alone. `clip_score` is
-CLIPScore (Hessel et al. 2021), reference-free, from any CLIP checkpoint.
+per-slice means); `caption_metrics` is the corpus numbers alone. CLIPScore comes from
+`reward_models.ClipScore` (see `mmft.evaluation.evaluate`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ ALL_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CID
 # pycocoevalcap downloads these on first use (`get_stanford_models`); evaluation machines are
 # often offline, so SPICE runs only when they are already there.
 SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-# CLIPScore's rescaling weight w in CLIP-S = w * max(cos, 0) (Hessel et al. 2021, eq. 1).
-CLIPSCORE_WEIGHT = 2.5
 
 
 def spice_unavailable_reason() -> str | None:
@@ -132,50 +130,3 @@ def caption_metrics(
 ) -> dict[str, float]:
     """Corpus metrics of `candidates` [N] against `references` [N][k], pycocoevalcap names."""
     return score_captions(candidates, references, metrics, tokenize)[0]
-
-
-def clip_score(images: Sequence, captions: Sequence[str], model_path: str, *, batch_size: int = 32,
-               device: str | None = None) -> tuple[float, list[float]]:
-    """CLIPScore (Hessel et al. 2021): 2.5 * max(cos(image, caption), 0) with a CLIP model.
-
-    `images` [N] PIL images, `captions` [N]; returns (mean, per-image scores [N]). Captions
-    are truncated to CLIP's text length (77 tokens), as in the paper's reference code.
-    """
-    import torch
-    from transformers import AutoModel, AutoProcessor
-
-    if len(images) != len(captions):
-        raise ValueError(f"{len(images)} images but {len(captions)} captions.")
-    try:
-        model = AutoModel.from_pretrained(model_path)
-        processor = AutoProcessor.from_pretrained(model_path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"Could not load a CLIP model and processor from {model_path!r}: {err}") from err
-    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
-        raise ValueError(f"{model_path!r} is a {type(model).__name__}, not a CLIP-style dual encoder "
-                         "(it needs get_image_features and get_text_features).")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    max_len = getattr(model.config.text_config, "max_position_embeddings", 77)
-    scores: list[float] = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            ims = [im.convert("RGB") for im in images[start:start + batch_size]]
-            txt = list(captions[start:start + batch_size])
-            enc = processor(text=txt, images=ims, return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_len).to(device)
-            img = model.get_image_features(pixel_values=enc["pixel_values"])
-            text = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask"))
-            img, text = _features(img), _features(text)
-            cos = torch.nn.functional.cosine_similarity(img.float(), text.float(), dim=-1)
-            scores += (CLIPSCORE_WEIGHT * cos.clamp(min=0)).tolist()
-    return (sum(scores) / len(scores) if scores else float("nan")), scores
-
-
-def _features(out):
-    # transformers 5 may return a model output holding the pooled projection instead of a tensor.
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
-    return out.pooler_output

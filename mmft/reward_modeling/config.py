@@ -1,0 +1,54 @@
+"""RewardModelConfig: Bradley-Terry reward-model training settings on top of TrainingArguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class RewardModelConfig(TrainingArguments):
+    """Training of an image-aware reward model from (image, prompt, chosen, rejected) pairs.
+
+    One optimizer step sees `per_device_train_batch_size x gradient_accumulation_steps x
+    world_size` pairs. `max_steps` > 0 fixes the number of optimizer steps; otherwise
+    `num_train_epochs` passes over the training pairs are made.
+    """
+
+    # Defaults differ from TrainingArguments' (LoRA reward models; small preference sets).
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate (LoRA and head)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs (max_steps <= 0)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per micro-batch per device."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per evaluation batch."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    eval_steps: float | None = field(default=0, metadata={"help": "Evaluate every N optimizer steps (0: only "
+                                                                  "at the end)."})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "'tensorboard', 'wandb', 'none'."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every column (image, margin)."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Linear warmup: steps, or a share of them if < 1."})
+
+    # The reward model
+    num_heads: int = field(default=1, metadata={"help": "K scalar heads (an ensemble when K > 1): the reward is "
+                                                        "mean - uncertainty_penalty * std over heads."})
+    bootstrap: bool = field(default=True, metadata={"help": "With K > 1, each head trains on its own Poisson(1) "
+                                                            "bootstrap resample of the pairs (ensemble diversity)."})
+    uncertainty_penalty: float = field(default=0.0, metadata={"help": "lambda saved with the model: the default "
+                                                                      "penalty LearnedReward applies to the std."})
+    center_rewards_coefficient: float | None = field(
+        default=0.01, metadata={"help": "Weight of mean((r_c + r_r)^2), keeping rewards centred on 0 (None: off)."})
+    max_completion_length: int | None = field(
+        default=128, metadata={"help": "Response tokens kept (EOS included); longer responses are truncated."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Longest prompt after image expansion; longer ones are an error."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off (LoRA too) for deterministic "
+                                                                  "rewards."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {self.num_heads}.")
+        if self.uncertainty_penalty < 0:
+            raise ValueError(f"uncertainty_penalty must be >= 0, got {self.uncertainty_penalty}.")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError("Set max_steps > 0 or num_train_epochs > 0.")

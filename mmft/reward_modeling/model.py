@@ -1,0 +1,365 @@
+"""An image-aware reward model: a VLM backbone (LoRA) plus K scalar heads.
+
+The backbone is the `XModel` inside the checkpoint's `XForConditionalGeneration`
+(`mmft.models.arch.inner_model`), not a sequence-classification class: Qwen-VL
+checkpoints have none (ppo_spec.md, VLM traps). The heads read the last hidden state
+at the last valid token of prompt + response, the response ending with EOS, in the
+same left-padded-prompt / right-padded-response layout that PPO trains in
+(`mmft.rollout.training_inputs`), so a reward model mounted on PPO's shared base sees
+exactly what it was trained on.
+
+Saved folder (`save_reward_model`):
+
+    adapter_config.json, adapter_model.safetensors   the backbone's LoRA (peft)
+    reward_head.safetensors                         head weight [K, H], bias [K]
+    reward_config.json                              base model, K, EOS id, lambda, metrics
+    processor files                                 the processor the model was trained with
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmft.data.collator import PromptBatch, VLMCollator
+from mmft.data.errors import DataError
+from mmft.models.arch import inner_model, text_hidden_size
+from mmft.rollout import training_inputs
+
+REWARD_CONFIG = "reward_config.json"
+REWARD_HEAD = "reward_head.safetensors"
+FORMAT = "mmft-reward-model/1"
+
+
+class RewardModelError(ValueError):
+    """A reward-model folder that cannot be used; names the folder and what is wrong."""
+
+
+class RewardHead(nn.Module):
+    """K scalar heads on the last hidden state: [B, H] -> [B, K], kept in float32.
+
+    Members start from different small random weights (std 0.02, as transformers
+    initialises classification heads) so an ensemble's heads differ from step 0.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int = 1, seed: int = 0):
+        super().__init__()
+        self.score = nn.Linear(hidden_size, num_heads)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.score.weight.copy_(torch.randn(num_heads, hidden_size, generator=g) * 0.02)
+            self.score.bias.zero_()
+
+    @property
+    def num_heads(self) -> int:
+        return self.score.out_features
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden.to(self.score.weight.dtype))
+
+
+def last_token_hidden(backbone: nn.Module, inputs: dict[str, torch.Tensor], last_index: torch.Tensor) -> torch.Tensor:
+    """Hidden state [B, H] of each row's last valid token (index `last_index` [B])."""
+    hidden = inner_model(backbone)(**inputs, use_cache=False).last_hidden_state
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index.to(hidden.device)]
+
+
+class RewardModel(nn.Module):
+    """Backbone (a peft model) + `RewardHead`: one module, so accelerate/DDP wraps one engine.
+
+    `forward(inputs, last_index)` -> rewards [B, K].
+    """
+
+    def __init__(self, backbone: nn.Module, num_heads: int = 1, head: RewardHead | None = None, seed: int = 0):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head if head is not None else RewardHead(text_hidden_size(backbone.config), num_heads, seed)
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def forward(self, inputs: dict[str, torch.Tensor], last_index: torch.Tensor) -> torch.Tensor:
+        return self.head(last_token_hidden(self.backbone, inputs, last_index)).float()
+
+
+# ---------------------------------------------------------------------------------- encoding
+def message_text(content: Any) -> str:
+    """Text of one message content: a string or a list of {"type": "text"} parts."""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def completion_text(completion: Any, index: int) -> str:
+    """A completion as text: a string, or assistant message(s) (TRL conversational)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if isinstance(completion, (list, tuple)) and all(isinstance(m, dict) for m in completion):
+        messages = [m for m in completion if m.get("role") == "assistant"] or list(completion)
+        return "\n".join(message_text(m.get("content", "")) for m in messages)
+    raise DataError(f"Sample {index}: a completion must be a string or a list of messages, "
+                    f"got {type(completion).__name__}.")
+
+
+def prompt_and_images(prompt: Any, images: list | None, index: int) -> tuple[list[dict], list]:
+    """A conversation with one `{"type": "image"}` part per image, and those images.
+
+    Accepts a plain string, TRL conversational messages with string content (mmft.label's
+    export; the image placeholders go before the first user turn's text, as TRL's
+    `prepare_multimodal_messages` does), or messages whose image parts already carry the
+    image (`{"type": "image", "image": PIL}`, as TRL's GRPOTrainer passes prompts); those
+    payloads are used when no image column is given.
+    """
+    images = list(images or [])
+    if isinstance(prompt, str):
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
+        return [{"role": "user", "content": content}], images
+    if not isinstance(prompt, (list, tuple)) or not all(isinstance(m, dict) for m in prompt):
+        raise DataError(f"Sample {index}: the prompt must be a string or a list of messages, "
+                        f"got {type(prompt).__name__}.")
+    embedded = []
+    has_parts = False
+    conversation = []
+    for message in prompt:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "image":
+                    has_parts = True
+                    if part.get("image") is not None:
+                        embedded.append(part["image"])
+                    parts.append({"type": "image"})
+                elif part.get("type") == "text":
+                    parts.append({"type": "text", "text": part.get("text") or ""})
+            conversation.append({"role": message["role"], "content": parts})
+        else:
+            conversation.append({"role": message["role"], "content": content or ""})
+    if not images and embedded:
+        images = embedded
+    if not has_parts and images:
+        for message in conversation:
+            if message["role"] == "user":
+                text = message["content"]
+                message["content"] = [{"type": "image"} for _ in images] + (
+                    [{"type": "text", "text": text}] if isinstance(text, str) else list(text))
+                break
+        else:
+            raise DataError(f"Sample {index}: the prompt has no user turn to attach its image(s) to.")
+    return conversation, images
+
+
+def row_images(row: dict, index: int) -> list:
+    """The images of a dataset row: the `images` list or the single `image` (may be None)."""
+    if row.get("images") is not None:
+        return list(row["images"])
+    if row.get("image") is not None:
+        return [row["image"]]
+    return []
+
+
+class RewardEncoder:
+    """Turns (prompt, images, response text) rows into reward-model inputs.
+
+    `__call__` returns the training-layout inputs (prompt left-padded to P, response
+    token ids + EOS right-padded to R, masks from lengths) and `last_index` [B] =
+    P + response length - 1, the position whose hidden state is scored.
+    """
+
+    def __init__(self, processor, model_type: str, eos_token_id: int, max_completion_length: int | None = None,
+                 max_prompt_length: int | None = None):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.model_type = model_type
+        self.eos_token_id = int(eos_token_id)
+        self.max_completion_length = max_completion_length
+        self.collator = VLMCollator(processor, max_prompt_length=max_prompt_length)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
+
+    def prompts(self, prompts: list, images: list[list], indices: list[int]) -> PromptBatch:
+        rows = []
+        for prompt, imgs, index in zip(prompts, images, indices):
+            conversation, imgs = prompt_and_images(prompt, imgs, index)
+            rows.append({"prompt": conversation, "images": imgs})
+        return self.collator(rows, indices)
+
+    def responses(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Response ids [B, R] (text + EOS, truncated to max_completion_length) and mask [B, R]."""
+        seqs = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_token_id]
+            if self.max_completion_length is not None:
+                ids = ids[: self.max_completion_length]
+            seqs.append(ids)
+        R = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), R), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), R))
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1.0
+        return ids, mask
+
+    def layout(self, prompts: PromptBatch, texts: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        ids, mask = self.responses(texts)
+        inputs = training_inputs(prompts, ids, mask, self.model_type)
+        last_index = prompts.prompt_length + mask.sum(-1).long() - 1
+        return inputs, last_index
+
+    def __call__(self, prompts: list, images: list[list], texts: list[str], indices: list[int] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        indices = list(range(len(texts))) if indices is None else list(indices)
+        return self.layout(self.prompts(prompts, images, indices), texts)
+
+    def pairs(self, rows: list[dict], indices: list[int]) -> dict[str, Any]:
+        """A preference batch: chosen rows then rejected rows over one prompt encoding [2B, ...]."""
+        for row, index in zip(rows, indices):
+            for column in ("prompt", "chosen", "rejected"):
+                if column not in row:
+                    raise DataError(f"Sample {index}: a preference row needs 'prompt', 'chosen' and 'rejected' "
+                                    f"(and 'image' or 'images'); it has {sorted(row)}.")
+        prompts = self.prompts([r["prompt"] for r in rows], [row_images(r, i) for r, i in zip(rows, indices)], indices)
+        B = len(prompts)
+        chosen = [completion_text(r["chosen"], i) for r, i in zip(rows, indices)]
+        rejected = [completion_text(r["rejected"], i) for r, i in zip(rows, indices)]
+        inputs, last_index = self.layout(prompts.select(list(range(B)) * 2), chosen + rejected)
+        margin = torch.tensor([float(r.get("margin") or 0.0) for r in rows])
+        return {"inputs": inputs, "last_index": last_index, "margin": margin,
+                "index": torch.tensor(indices, dtype=torch.long)}
+
+
+def batch_images(n: int, image=None, images=None) -> list[list]:
+    """Per-row image lists from TRL's reward keyword arguments (`images` wins over `image`)."""
+    if images is not None:
+        return [list(x) if x is not None else [] for x in images]
+    if image is not None:
+        return [[x] if x is not None else [] for x in image]
+    return [[] for _ in range(n)]
+
+
+@torch.no_grad()
+def score_rows(forward, encoder: RewardEncoder, prompts: list, completions: list, images: list[list],
+               batch_size: int, device, name: str) -> torch.Tensor:
+    """Member rewards [N, K] of N (prompt, images, completion) rows, `batch_size` rows per
+    forward. `forward(inputs, last_index) -> [B, K]`; `name` goes into error messages."""
+    n = len(completions)
+    if prompts is None or len(prompts) != n or len(images) != n:
+        raise ValueError(f"reward {name!r}: got {n} completions, "
+                         f"{'no' if prompts is None else len(prompts)} prompts and {len(images)} image rows; "
+                         "it needs one prompt (and the `image` or `images` column) per completion.")
+    out = []
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        try:
+            texts = [completion_text(completions[i], i) for i in idx]
+            inputs, last_index = encoder([prompts[i] for i in idx], [images[i] for i in idx], texts, idx)
+        except DataError as err:
+            raise DataError(f"reward {name!r}: {err}") from err
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        out.append(forward(inputs, last_index.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------- save / load
+@dataclass
+class RewardModelInfo:
+    """What `reward_config.json` records (enough to rebuild and to check a shared base)."""
+
+    base_model_name_or_path: str
+    model_type: str
+    hidden_size: int
+    num_heads: int
+    eos_token_id: int
+    max_completion_length: int | None = None
+    uncertainty_penalty: float = 0.0
+    base_fingerprint: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    format: str = FORMAT
+
+
+def base_fingerprint(model: nn.Module) -> list[float]:
+    """Cheap identity of a base model: shape and float64 sums of its input embeddings.
+
+    LoRA never touches them, so the base under a trained reward adapter still matches.
+    Used to refuse mounting a reward adapter on a different base (its scores would be
+    meaningless), without hashing gigabytes of weights.
+    """
+    w = model.get_input_embeddings().weight.detach()
+    w64 = w.double()
+    return [float(w.shape[0]), float(w.shape[1]), float(w64.sum()), float(w64.abs().sum())]
+
+
+def same_base(a: list[float], b: list[float], rtol: float = 1e-4) -> bool:
+    if len(a) != len(b) or a[:2] != b[:2]:
+        return False
+    return all(abs(x - y) <= rtol * max(1.0, abs(x), abs(y)) for x, y in zip(a[2:], b[2:]))
+
+
+def save_reward_model(model: RewardModel, processor, info: RewardModelInfo, output_dir: str | os.PathLike) -> None:
+    """Write the adapter, head, config and processor to `output_dir` (see module docstring)."""
+    from safetensors.torch import save_file
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.backbone.save_pretrained(out)  # adapter "default": written at the folder's root
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(out / REWARD_HEAD))
+    (out / REWARD_CONFIG).write_text(json.dumps(asdict(info), indent=1))
+    processor.save_pretrained(out)
+
+
+def read_info(path: str | os.PathLike) -> RewardModelInfo:
+    cfg = Path(path) / REWARD_CONFIG
+    if not cfg.is_file():
+        raise RewardModelError(f"{path} is not an mmft reward model: {REWARD_CONFIG} is missing. Train one with "
+                               "recipes/reward_model.py (or RewardModelTrainer.save_model).")
+    data = json.loads(cfg.read_text())
+    if data.get("format") != FORMAT:
+        raise RewardModelError(f"{cfg}: format {data.get('format')!r}, expected {FORMAT!r}.")
+    return RewardModelInfo(**data)
+
+
+def load_head(path: str | os.PathLike, info: RewardModelInfo) -> RewardHead:
+    from safetensors.torch import load_file
+
+    head = RewardHead(info.hidden_size, info.num_heads)
+    state = load_file(str(Path(path) / REWARD_HEAD))
+    head.load_state_dict(state)
+    return head
+
+
+def load_reward_model(path: str | os.PathLike, base_model: str | None = None, dtype=None, device=None
+                      ) -> tuple[RewardModel, Any, RewardModelInfo]:
+    """(RewardModel in eval mode, frozen; processor; info) from a saved folder.
+
+    `base_model` overrides the recorded base path (when the base moved).
+    """
+    from peft import PeftModel
+
+    from mmft.models.loading import load_processor, load_vlm
+
+    info = read_info(path)
+    base_path = base_model or info.base_model_name_or_path
+    try:
+        base = load_vlm(base_path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise RewardModelError(f"{path}: cannot load its base model {base_path!r} ({err}); pass base_model= "
+                               "to point at the base it was trained on.") from err
+    if info.base_fingerprint and not same_base(base_fingerprint(base), info.base_fingerprint):
+        raise RewardModelError(f"{path}: the base at {base_path!r} is not the one this reward model was trained on "
+                               "(its input embeddings differ).")
+    backbone = PeftModel.from_pretrained(base, str(path), is_trainable=False)
+    model = RewardModel(backbone, head=load_head(path, info))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model, load_processor(path), info

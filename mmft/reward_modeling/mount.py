@@ -1,0 +1,122 @@
+"""A learned reward mounted on PPO's shared base as one more frozen adapter.
+
+ppo_spec.md ("Roles on one frozen base"): when the reward model was trained on the
+policy's base, its LoRA adapter is loaded into the ActorCritic's peft model under the
+name "reward" (frozen) and its heads sit beside it, so scoring costs one adapter and a
+head, not a second copy of the base. Scoring switches to the "reward" adapter, runs the
+reward model's own encoding (the layout it was trained in), and switches back to the
+policy, which restores the trainable flags peft's `set_adapter` changes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from mmft.models.roles import POLICY, ActorCritic
+from mmft.reward_modeling.core import ensemble_reward
+from mmft.reward_modeling.model import (
+    RewardEncoder,
+    RewardModelError,
+    base_fingerprint,
+    batch_images,
+    last_token_hidden,
+    load_head,
+    read_info,
+    same_base,
+    score_rows,
+)
+
+REWARD = "reward"
+
+
+class MountedReward:
+    """TRL-contract reward scored through the ActorCritic's base with the "reward" adapter.
+
+    Same scores as `reward_models.LearnedReward(path)` (same encoding, same weights);
+    `last_mean` / `last_std` hold the last batch's ensemble statistics. It holds the live
+    policy model, so it is for in-process use and does not pickle.
+    """
+
+    def __init__(self, actor_critic: ActorCritic, head: torch.nn.Module, encoder: RewardEncoder,
+                 uncertainty_penalty: float, batch_size: int, name: str):
+        self.actor_critic = actor_critic
+        self.head = head
+        self.encoder = encoder
+        self.uncertainty_penalty = uncertainty_penalty
+        self.batch_size = batch_size
+        self.__name__ = name
+        self.last_mean: list[float] | None = None
+        self.last_std: list[float] | None = None
+
+    def _forward(self, inputs: dict[str, torch.Tensor], last_index: torch.Tensor) -> torch.Tensor:
+        peft_model = self.actor_critic.policy
+        was_training = peft_model.training
+        # inference_mode: set_adapter would otherwise mark the reward adapter trainable.
+        peft_model.set_adapter(REWARD, inference_mode=True)
+        peft_model.eval()
+        try:
+            return self.head(last_token_hidden(peft_model, inputs, last_index))
+        finally:
+            self.actor_critic.activate(POLICY)  # policy (and value) trainable again, "ref" frozen
+            peft_model.set_requires_grad(REWARD, requires_grad=False)
+            peft_model.train(was_training)
+
+    def member_rewards(self, prompts, completions, image=None, images=None) -> torch.Tensor:
+        device = next(self.head.parameters()).device
+        rows = batch_images(len(completions), image, images)
+        return score_rows(self._forward, self.encoder, prompts, completions, rows, self.batch_size, device,
+                          self.__name__)
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, image=None, images=None,
+                 **kwargs: Any) -> list[float]:
+        if completions is None:
+            raise TypeError(f"reward {self.__name__!r} was called without `completions`")
+        values = self.member_rewards(prompts, completions, image=image, images=images)
+        reward, mean, std = ensemble_reward(values, self.uncertainty_penalty)
+        self.last_mean, self.last_std = mean.tolist(), std.tolist()
+        return reward.tolist()
+
+    def __getstate__(self):
+        raise TypeError(f"reward {self.__name__!r} is mounted on a live policy model and cannot be pickled; "
+                        "use reward_models.LearnedReward(path) where rewards run in other processes.")
+
+
+def mount_reward_adapter(actor_critic: ActorCritic, rm_path: str | os.PathLike, uncertainty_penalty: float | None = None,
+                         batch_size: int = 16, name: str = "learned") -> MountedReward:
+    """Load the reward model at `rm_path` into `actor_critic.policy` as the frozen adapter
+    "reward" and return a reward callable that scores through the shared base.
+
+    Call it on the unwrapped ActorCritic before `accelerator.prepare` (DDP registers
+    parameters at wrap time; the reward adapter is frozen either way).
+
+    Raises:
+        RewardModelError: `rm_path` is not a reward model, or it was trained on another base
+            (input embeddings differ), so its adapter would be meaningless on this one.
+    """
+    from mmft.models.loading import load_processor
+
+    info = read_info(rm_path)
+    peft_model = actor_critic.policy
+    if REWARD in peft_model.peft_config:
+        raise RewardModelError(f"The policy model already holds an adapter named {REWARD!r}; mount one reward model.")
+    if peft_model.config.model_type != info.model_type or (
+            info.base_fingerprint and not same_base(base_fingerprint(peft_model), info.base_fingerprint)):
+        raise RewardModelError(
+            f"{rm_path} was trained on base {info.base_model_name_or_path!r} ({info.model_type}), which is not the "
+            f"policy's base ({peft_model.config.model_type}; input embeddings differ): it cannot share the base. "
+            "Use reward_models.LearnedReward(path) as a separate reward model instead."
+        )
+    device = next(peft_model.parameters()).device
+    peft_model.load_adapter(str(rm_path), adapter_name=REWARD, is_trainable=False, torch_device=str(device))
+    peft_model.set_requires_grad(REWARD, requires_grad=False)
+    actor_critic.activate(POLICY)
+    actor_critic.__dict__.pop("_lora_layer_cache", None)  # new LoRA layers if the RM targets other modules
+    head = load_head(rm_path, info).to(device)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    encoder = RewardEncoder(load_processor(rm_path), info.model_type, info.eos_token_id, info.max_completion_length)
+    lam = info.uncertainty_penalty if uncertainty_penalty is None else float(uncertainty_penalty)
+    return MountedReward(actor_critic, head, encoder, lam, batch_size, name)

@@ -1,0 +1,309 @@
+"""Bradley-Terry training of an image-aware reward model (VLM backbone + LoRA + K heads).
+
+TRL's RewardTrainer has no image path (trl #4021), and Qwen-VL checkpoints have no
+sequence-classification head, so mmft trains `RewardModel`: the `XModel` inside the
+VLM with a LoRA adapter, the vision tower frozen, and K scalar heads on the last hidden
+state at the last valid token (the EOS after the response).
+
+Each optimizer step:
+  1. encode B pairs as 2B sequences (chosen rows then rejected rows, one prompt encoding);
+  2. score them: rewards [2B, K];
+  3. loss = BT(r_c, r_r, margin; per-head bootstrap weights) + c * mean((r_c + r_r)^2);
+  4. backward through accelerate (gradient accumulation, DDP/DeepSpeed), clip, step.
+Held-out pair accuracy and mean reward margin are computed every `eval_steps` and at
+the end, gathered over ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mmft.data.errors import DataError
+from mmft.models.arch import freeze_vision_tower, text_hidden_size
+from mmft.models.loading import load_processor, load_vlm
+from mmft.reward_modeling import core
+from mmft.reward_modeling.config import RewardModelConfig
+from mmft.reward_modeling.model import (
+    RewardEncoder,
+    RewardModel,
+    RewardModelInfo,
+    base_fingerprint,
+    save_reward_model,
+)
+
+logger = logging.getLogger("mmft")
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def check_preference_dataset(dataset, name: str) -> None:
+    """Columns a preference dataset needs: prompt, chosen, rejected, and image or images."""
+    columns = set(dataset.column_names)
+    missing = [c for c in PREFERENCE_COLUMNS if c not in columns]
+    if missing or not ({"image", "images"} & columns):
+        raise DataError(
+            f"{name} is not an image preference dataset: it needs columns 'prompt', 'chosen', 'rejected' and "
+            f"'image' (or 'images'); it has {sorted(columns)}. mmft label export writes this format."
+        )
+    if len(dataset) == 0:
+        raise DataError(f"{name} holds no pairs (an empty export?): label some pairs A or B first.")
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class RewardModelTrainer:
+    """Trains `RewardModel` on a preference dataset; TRL-shaped constructor.
+
+    Args:
+        model: base VLM path/id or a loaded `PreTrainedModel` (frozen; LoRA is added).
+        processing_class: its processor (loaded from `model` when None).
+        args: `RewardModelConfig`.
+        train_dataset: rows with `image`/`images`, `prompt`, `chosen`, `rejected`, optional
+            `margin` (mmft.label's export, or any TRL-format vision preference dataset).
+        eval_dataset: held-out pairs for accuracy and margin.
+        peft_config: LoRA of the backbone (default: rank 16 on the language model).
+    """
+
+    def __init__(self, model, processing_class=None, args: RewardModelConfig | None = None, train_dataset=None,
+                 eval_dataset=None, peft_config=None):
+        from peft import get_peft_model
+        from transformers import get_scheduler
+        from trl.trainer.utils import disable_dropout_in_model
+
+        from mmft.rl_trainer import default_lora_config
+        from mmft.rollout import stop_token_ids
+
+        if args is None:
+            raise ValueError("args (a RewardModelConfig) is required.")
+        if train_dataset is None:
+            raise ValueError("train_dataset is required: a preference dataset (mmft label export).")
+        check_preference_dataset(train_dataset, "train_dataset")
+        if eval_dataset is not None:
+            check_preference_dataset(eval_dataset, "eval_dataset")
+        self.args = args
+        set_seed(args.seed)
+        mixed = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed,
+            log_with=None if args.report_to in (None, "none", ["none"], []) else args.report_to,
+            project_dir=args.output_dir,
+        )
+        self.model_name_or_path = str(model) if isinstance(model, (str, os.PathLike)) else model.name_or_path
+        if isinstance(model, (str, os.PathLike)):
+            model = load_vlm(model)
+        self.processor = processing_class or load_processor(self.model_name_or_path)
+        self.processor.tokenizer.padding_side = "left"
+        tok = self.processor.tokenizer
+        eos = tok.eos_token_id if tok.eos_token_id is not None else stop_token_ids(model.generation_config, tok)[0]
+
+        # Frozen base (vision tower included), LoRA on the language model, K heads.
+        for p in model.parameters():
+            p.requires_grad_(False)
+        freeze_vision_tower(model)
+        self.fingerprint = base_fingerprint(model)
+        backbone = get_peft_model(model, peft_config or default_lora_config())
+        if args.disable_dropout:
+            disable_dropout_in_model(backbone)
+        reward_model = RewardModel(backbone, args.num_heads, seed=args.seed)
+        self.info = RewardModelInfo(
+            base_model_name_or_path=self.model_name_or_path, model_type=model.config.model_type,
+            hidden_size=text_hidden_size(model.config), num_heads=args.num_heads, eos_token_id=int(eos),
+            max_completion_length=args.max_completion_length, uncertainty_penalty=args.uncertainty_penalty,
+            base_fingerprint=self.fingerprint,
+        )
+        self.encoder = RewardEncoder(self.processor, self.info.model_type, eos, args.max_completion_length,
+                                     args.max_prompt_length)
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+
+        g = torch.Generator().manual_seed(args.seed)
+        loader = DataLoader(_Indices(len(train_dataset)), batch_size=args.per_device_train_batch_size, shuffle=True,
+                            generator=g, collate_fn=lambda idx: self.collate(train_dataset, idx))
+        world = self.accelerator.num_processes
+        steps_per_epoch = max(1, math.ceil(len(train_dataset) / (args.per_device_train_batch_size * world))
+                              // args.gradient_accumulation_steps)
+        self.total_steps = (args.max_steps if args.max_steps > 0
+                            else max(1, math.ceil(args.num_train_epochs * steps_per_epoch)))
+        trainable = [p for p in reward_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay,
+                                      betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+        # Stepped by hand once per optimizer step (accelerate's wrapper steps it per process).
+        self.lr_scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
+                                          num_warmup_steps=args.get_warmup_steps(self.total_steps),
+                                          num_training_steps=self.total_steps)
+        self.model, self.optimizer, self.train_loader = self.accelerator.prepare(reward_model, optimizer, loader)
+        self.boot = (core.bootstrap_weights(len(train_dataset), args.num_heads, args.seed)
+                     if args.bootstrap else torch.ones(len(train_dataset), args.num_heads))
+        self.step = 0
+        self.log_history: list[dict] = []
+        if self.accelerator.is_main_process:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        if self.accelerator.log_with:
+            self.accelerator.init_trackers("reward_model")
+
+    # ------------------------------------------------------------------ data
+    def collate(self, dataset, indices: list[int]) -> dict:
+        rows = []
+        for i in indices:
+            try:
+                rows.append(dataset[int(i)])
+            except Exception as err:  # an unreadable image surfaces when the row is decoded
+                raise DataError(f"Sample {i}: could not read this row ({type(err).__name__}: {err}).") from err
+        return self.encoder.pairs(rows, [int(i) for i in indices])
+
+    @property
+    def unwrapped(self) -> RewardModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> list[dict]:
+        args = self.args
+        self.model.train()
+        bar = tqdm(total=self.total_steps, desc="Reward model", disable=not self.accelerator.is_main_process)
+        running: dict[str, list[float]] = {}
+        epoch = 0
+        while self.step < self.total_steps:
+            if hasattr(self.train_loader, "set_epoch"):
+                self.train_loader.set_epoch(epoch)
+            for batch in self.train_loader:
+                with self.accelerator.accumulate(self.model):
+                    # 1-2. Chosen rows then rejected rows in one forward: rewards [2B, K].
+                    rewards = self.model(batch["inputs"], batch["last_index"])
+                    B = batch["index"].shape[0]
+                    chosen, rejected = rewards[:B], rewards[B:]
+                    # 3. Bradley-Terry (+ centring); each head weighs pairs by its bootstrap counts.
+                    weights = self.boot[batch["index"].cpu()].to(rewards.device)
+                    loss = core.bradley_terry_loss(chosen, rejected, batch["margin"], weights)
+                    if args.center_rewards_coefficient:
+                        loss = loss + args.center_rewards_coefficient * core.center_penalty(chosen, rejected)
+                    # 4. Backward, clip and step on the last micro-batch of the accumulation.
+                    self.accelerator.backward(loss)
+                    if self.accelerator.sync_gradients:
+                        if args.max_grad_norm and args.max_grad_norm > 0:
+                            self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                        self.optimizer.step()
+                        self.lr_scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                mean_c, mean_r = chosen.detach().mean(-1), rejected.detach().mean(-1)
+                running.setdefault("train/loss", []).append(loss.item())
+                running.setdefault("train/accuracy", []).append(core.pair_accuracy(mean_c, mean_r).mean().item())
+                running.setdefault("train/margin", []).append((mean_c - mean_r).mean().item())
+                if not self.accelerator.sync_gradients:
+                    continue
+                self.step += 1
+                bar.update(1)
+                if args.logging_steps and self.step % max(1, int(args.logging_steps)) == 0 or \
+                        self.step == self.total_steps:
+                    metrics = self.reduce_mean({k: sum(v) / len(v) for k, v in running.items()})
+                    metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
+                    running = {}
+                    if args.eval_steps and self.eval_dataset is not None and self.step % int(args.eval_steps) == 0:
+                        metrics.update(self.evaluate())
+                    self.log(metrics)
+                    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/accuracy']:.2f}")
+                if self.step >= self.total_steps:
+                    break
+            epoch += 1
+        bar.close()
+        if self.eval_dataset is not None:
+            final = self.evaluate()
+            self.info.metrics = final
+            self.log(final)
+        self.accelerator.end_training()
+        return self.log_history
+
+    def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Training metrics averaged over ranks (the only cross-rank reduction of logging)."""
+        if self.accelerator.num_processes == 1:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], device=self.accelerator.device)
+        t = self.accelerator.reduce(t, reduction="mean")
+        return dict(zip(keys, t.tolist()))
+
+    def log(self, metrics: dict[str, float]) -> None:
+        entry = {"step": self.step, **{k: float(v) for k, v in metrics.items()}}
+        self.log_history.append(entry)
+        if self.accelerator.log_with:
+            self.accelerator.log(metrics, step=self.step)
+        if self.accelerator.is_main_process:
+            logger.info("step %d: %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            with open(Path(self.args.output_dir) / "log_history.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, dataset) -> dict[str, torch.Tensor]:
+        """Rewards of every pair of `dataset`, gathered over ranks, in dataset order:
+        `chosen` [N, K], `rejected` [N, K], `index` [N]."""
+        loader = DataLoader(_Indices(len(dataset)), batch_size=self.args.per_device_eval_batch_size,
+                            collate_fn=lambda idx: self.collate(dataset, idx))
+        loader = self.accelerator.prepare_data_loader(loader)
+        was_training = self.model.training
+        self.model.eval()
+        out: dict[str, list] = {"chosen": [], "rejected": [], "index": []}
+        for batch in loader:
+            rewards = self.model(batch["inputs"], batch["last_index"])
+            B = batch["index"].shape[0]
+            # Gather at the metric boundary only: every rank scored its shard.
+            c, r, i = self.accelerator.gather_for_metrics((rewards[:B], rewards[B:], batch["index"]))
+            out["chosen"].append(c.float().cpu())
+            out["rejected"].append(r.float().cpu())
+            out["index"].append(i.cpu())
+        if was_training:
+            self.model.train()
+        res = {k: torch.cat(v) for k, v in out.items()}
+        order = torch.argsort(res["index"])
+        return {k: v[order] for k, v in res.items()}
+
+    def evaluate(self, dataset=None) -> dict[str, float]:
+        """Held-out pair accuracy (ensemble mean; ties count 1/2), mean margin r_c - r_r,
+        BT loss, ensemble std, and each head's accuracy when K > 1."""
+        dataset = dataset if dataset is not None else self.eval_dataset
+        pred = self.predict(dataset)
+        c, r = pred["chosen"], pred["rejected"]
+        _, mean_c, std_c = core.ensemble_reward(c)
+        _, mean_r, std_r = core.ensemble_reward(r)
+        metrics = {
+            "eval/accuracy": core.pair_accuracy(mean_c, mean_r).mean().item(),
+            "eval/margin": (mean_c - mean_r).mean().item(),
+            "eval/loss": core.bradley_terry_loss(c, r).item(),
+            "eval/reward_chosen": mean_c.mean().item(),
+            "eval/reward_rejected": mean_r.mean().item(),
+            "eval/num_pairs": float(len(c)),
+        }
+        if c.shape[1] > 1:
+            metrics["eval/std"] = torch.cat([std_c, std_r]).mean().item()
+            for k in range(c.shape[1]):
+                metrics[f"eval/accuracy_head{k}"] = core.pair_accuracy(c[:, k], r[:, k]).mean().item()
+        return metrics
+
+    # ------------------------------------------------------------------ saving
+    def save_model(self, output_dir: str | None = None) -> str:
+        """The reward-model folder `LearnedReward(path)` loads (see mmft.reward_modeling.model)."""
+        output_dir = output_dir or self.args.output_dir
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_reward_model(self.unwrapped, self.processor, self.info, output_dir)
+            with open(Path(output_dir) / "log_history.json", "w") as f:
+                json.dump(self.log_history, f, indent=1)
+        self.accelerator.wait_for_everyone()
+        return str(output_dir)

@@ -44,3 +44,34 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def train_reward_model(model_dir: str, output_dir: str, train, eval_dataset=None, **kwargs):
+    """Train and save a reward model; returns the trainer (kwargs override RewardModelConfig)."""
+    from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
+
+    settings = dict(output_dir=output_dir, max_steps=1, per_device_train_batch_size=4, learning_rate=3e-3,
+                    logging_steps=1, seed=0)
+    settings.update(kwargs)
+    trainer = RewardModelTrainer(model_dir, args=RewardModelConfig(**settings), train_dataset=train,
+                                 eval_dataset=eval_dataset)
+    trainer.train()
+    trainer.save_model()
+    return trainer
+
+
+@pytest.fixture(scope="session")
+def trained_rm(tiny_vlm_dir, tmp_path_factory):
+    """Factory: trained_rm(num_heads=1) -> folder of a reward model on the tiny LLaVA that
+    learned the conftest preference (12 steps; cached per session)."""
+    built = {}
+
+    def get(num_heads: int = 1) -> str:
+        if num_heads not in built:
+            out = tmp_path_factory.mktemp(f"rm-{num_heads}")
+            train_reward_model(tiny_vlm_dir("llava"), str(out), preference_dataset(48), preference_dataset(16, 200),
+                               max_steps=12, num_heads=num_heads, per_device_train_batch_size=8)
+            built[num_heads] = str(out)
+        return built[num_heads]
+
+    return get

@@ -197,11 +197,10 @@ def unique_strings(groups: Sequence[Sequence[str]]) -> tuple[list[str], list[np.
     """Deduplicate strings across several lists: returns the distinct strings (first-seen order) and,
     per input list, an int64 array of indices into them. GRPO repeats each prompt's references
     num_generations times, so this saves most of the tokenisation and counting."""
-    index: dict[str, int] = {}
-    out = []
-    for group in groups:
-        out.append(np.fromiter((index.setdefault(s, len(index)) for s in group), dtype=np.int64, count=len(group)))
-    return list(index), out
+    distinct = list(dict.fromkeys(itertools.chain.from_iterable(groups)))  # C-level, order kept
+    index = {s: i for i, s in enumerate(distinct)}
+    out = [np.fromiter(map(index.__getitem__, group), dtype=np.int64, count=len(group)) for group in groups]
+    return distinct, out
 
 
 # ---------------------------------------------------------------------------------------------

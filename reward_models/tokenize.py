@@ -86,8 +86,8 @@ def _split_word(word: str) -> list[str]:
         elif word[-1] in ",:":
             tail.append(word[-1])
             word = word[:-1]
-        elif word[-1] == "'" and not _APOSTROPHE_WORD.match(word):
-            tail.append("'")
+        elif word[-1] in "'`" and not _APOSTROPHE_WORD.match(word):
+            tail.append(word[-1])
             word = word[:-1]
         elif word[-1] == "-" and len(word) > 1:
             tail.append("-")

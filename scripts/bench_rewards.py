@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -56,8 +57,8 @@ def read_flickr8k(path: Path) -> dict[str, list[str]]:
 
 def _cpu() -> float:
     """CPU seconds of this process and its finished children (pycocoevalcap's Java tokenizer)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def timed(fn):

@@ -128,8 +128,12 @@ REGISTRY: dict[str, RegistryEntry] = {
     "spice": RegistryEntry(_spice, help="SPICE via pycocoevalcap's jar (reward_models.spice.Spice)"),
     "clipscore": RegistryEntry(_clipscore, help="CLIP-S / RefCLIP-S (reward_models.clipscore.ClipScore)"),
     "length": RegistryEntry(_length, help="length target or penalty (reward_models.LengthReward)"),
-    "repetition": RegistryEntry(_repetition, help="repeated n-gram penalty (reward_models.RepetitionPenalty)"),
-    "vocab_richness": RegistryEntry(_vocab_richness, help="distinct words / words (reward_models.VocabularyRichness)"),
+    "repetition": RegistryEntry(
+        _repetition, help="repeated n-gram penalty (reward_models.RepetitionPenalty)"
+    ),
+    "vocab_richness": RegistryEntry(
+        _vocab_richness, help="distinct words / words (reward_models.VocabularyRichness)"
+    ),
     "attribute": RegistryEntry(_attribute, help="embedded-task attributes (reward_models.AttributeReward)"),
 }
 
@@ -172,10 +176,14 @@ def _import_attr(spec: str) -> Any:
         return getattr(module, attr)
     except AttributeError:
         public = sorted(n for n in vars(module) if not n.startswith("_"))
-        raise AttributeError(f"reward spec {spec!r}: {where} has no attribute {attr!r}; it defines {public}") from None
+        raise AttributeError(
+            f"reward spec {spec!r}: {where} has no attribute {attr!r}; it defines {public}"
+        ) from None
 
 
-def load_reward(spec: str | Mapping[str, Any], corpus: Sequence[Sequence[str]] | None = None, **kwargs: Any) -> RewardFunc:
+def load_reward(
+    spec: str | Mapping[str, Any], corpus: Sequence[Sequence[str]] | None = None, **kwargs: Any
+) -> RewardFunc:
     """Build one reward function.
 
     Args:
@@ -191,7 +199,9 @@ def load_reward(spec: str | Mapping[str, Any], corpus: Sequence[Sequence[str]] |
     if isinstance(spec, Mapping):
         unknown = set(spec) - {"name", "kwargs", "weight"}
         if "name" not in spec or unknown:
-            raise ValueError(f"reward entry {dict(spec)!r}: expected keys name, weight, kwargs (unknown: {sorted(unknown)})")
+            raise ValueError(
+                f"reward entry {dict(spec)!r}: expected keys name, weight, kwargs (unknown: {sorted(unknown)})"
+            )
         return load_reward(spec["name"], corpus=corpus, **{**dict(spec.get("kwargs") or {}), **kwargs})
     if not isinstance(spec, str):
         raise TypeError(f"a reward spec must be a string or a dict, got {type(spec).__name__}")
@@ -324,7 +334,9 @@ class RewardComposer:
         self.names = [reward_name(f) for f in self.reward_funcs]
         duplicates = sorted({n for n in self.names if self.names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"reward names must be unique (they are logged as rewards/<name>); duplicated: {duplicates}")
+            raise ValueError(
+                f"reward names must be unique (they are logged as rewards/<name>); duplicated: {duplicates}"
+            )
         if clip is not None and clip <= 0:
             raise ValueError(f"clip must be positive, got {clip}")
         self.normalize, self.clip, self.eps = normalize, clip, eps
@@ -333,9 +345,13 @@ class RewardComposer:
 
     def _validate(self, name: str, values: Any, batch: int) -> np.ndarray:
         if not isinstance(values, (list, tuple, np.ndarray)):
-            raise TypeError(f"reward function {name!r} returned {type(values).__name__}, expected a list of float | None")
+            raise TypeError(
+                f"reward function {name!r} returned {type(values).__name__}, expected a list of float | None"
+            )
         if len(values) != batch:
-            raise ValueError(f"reward function {name!r} returned {len(values)} values for {batch} completions")
+            raise ValueError(
+                f"reward function {name!r} returned {len(values)} values for {batch} completions"
+            )
         out = np.empty(batch, dtype=np.float64)
         for i, v in enumerate(values):
             if v is None:
@@ -344,9 +360,13 @@ class RewardComposer:
             try:
                 x = float(v)
             except (TypeError, ValueError):
-                raise TypeError(f"reward function {name!r} returned {v!r} for sample {i}; expected a float or None") from None
+                raise TypeError(
+                    f"reward function {name!r} returned {v!r} for sample {i}; expected a float or None"
+                ) from None
             if not math.isfinite(x):
-                raise ValueError(f"reward function {name!r} returned {x} for sample {i}; rewards must be finite (or None)")
+                raise ValueError(
+                    f"reward function {name!r} returned {x} for sample {i}; rewards must be finite (or None)"
+                )
             out[i] = x
         return out
 

@@ -13,8 +13,8 @@ from reward_models.cider import CiderD
 from reward_models.clipscore import ClipScore
 from reward_models.meteor import Meteor
 from reward_models.rouge import RougeL
-from reward_models.spice import Spice, SpiceModelsMissing
 from reward_models.shaping import AttributeReward, LengthReward, RepetitionPenalty, VocabularyRichness
+from reward_models.spice import Spice, SpiceModelsMissing
 from reward_models.tokenize import JavaPTBTokenizer, ptb_tokenize, ptb_tokens
 
 __all__ = [

@@ -158,7 +158,9 @@ def lookup_global_ids(enc: Encoded, tables: Sequence[np.ndarray]) -> list[np.nda
     return out
 
 
-def sentence_counts(enc: Encoded, ngram_ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sentence_counts(
+    enc: Encoded, ngram_ids: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Term counts of each sentence's n-grams.
 
     Returns:

@@ -107,7 +107,9 @@ class ReferenceReward:
         if completions is None:
             raise TypeError(f"reward {self.__name__!r} was called without `completions`")
         if references is None:
-            columns = sorted(k for k in kwargs if k not in ("completion_ids", "trainer_state", "log_extra", "log_metric"))
+            columns = sorted(
+                k for k in kwargs if k not in ("completion_ids", "trainer_state", "log_extra", "log_metric")
+            )
             raise KeyError(
                 f"reward {self.__name__!r} needs a `references` column (list[list[str]], the reference "
                 f"captions of each sample); the batch has columns {columns}"

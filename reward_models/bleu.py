@@ -47,7 +47,9 @@ class Bleu(ReferenceReward):
         self.__name__ = name or ("bleu" if self.order == 4 else f"bleu{self.order}")
         self.tokenizer_name, self._tokenize = get_tokenizer(tokenizer)
 
-    def statistics(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+    def statistics(
+        self, candidates: Sequence[str], references: Sequence[Sequence[str]]
+    ) -> dict[str, np.ndarray]:
         """Sufficient statistics per sample.
 
         Returns:
@@ -55,7 +57,9 @@ class Bleu(ReferenceReward):
             ``testlen`` (B,) and ``reflen`` (B,) closest reference length.
         """
         if len(candidates) != len(references):
-            raise ValueError(f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists")
+            raise ValueError(
+                f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists"
+            )
         refs = [[r] if isinstance(r, str) else list(r) for r in references]
         for i, r in enumerate(refs):
             if not r:
@@ -82,7 +86,9 @@ class Bleu(ReferenceReward):
         for rows, (lc, rr, lr) in buckets(test_len, num_refs, ref_len.max(axis=1), exact=(1,)):
             cand = pad_tokens(enc.ids, starts[cand_sent[rows]], test_len[rows], lc, -1)
             rm = ref_mat[rows, :rr]
-            ref = pad_tokens(enc.ids, starts[rm].ravel(), ref_len[rows, :rr].ravel(), lr, -2).reshape(len(rows), rr, lr)
+            ref = pad_tokens(enc.ids, starts[rm].ravel(), ref_len[rows, :rr].ravel(), lr, -2).reshape(
+                len(rows), rr, lr
+            )
             for st in match_orders(cand, ref, self.n):
                 clipped = np.minimum(st.tf_cand, st.tf_ref.max(axis=2))
                 correct[rows, st.k - 1] = np.where(st.first, clipped, 0).sum(axis=1)

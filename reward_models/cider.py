@@ -87,7 +87,9 @@ class CiderD(ReferenceReward):
         self.tokenizer_name, self._tokenize = get_tokenizer(tokenizer)
         corpus = [[r] if isinstance(r, str) else list(r) for r in corpus]
         if not corpus:
-            raise ValueError(f"{name}: the corpus is empty; pass the training set's references (one list per image)")
+            raise ValueError(
+                f"{name}: the corpus is empty; pass the training set's references (one list per image)"
+            )
         self.num_documents = len(corpus)
         # log(N) as pycocoevalcap's ref_len: the idf of an n-gram seen nowhere in the corpus.
         self.ref_len = float(np.log(float(self.num_documents)))
@@ -95,7 +97,9 @@ class CiderD(ReferenceReward):
         tokenised = self._tokenize(strings)
         token_lists = [t.split() for t in tokenised]
         self.corpus_hash = self._digest(tokenised, groups)
-        cache = None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"{self.corpus_hash}.npz"
+        cache = (
+            None if cache_dir is False else Path(cache_dir or default_cache_dir()) / f"{self.corpus_hash}.npz"
+        )
         if cache is not None and cache.is_file():
             self._load(cache)
             enc = encode(token_lists, self._vocab)
@@ -187,7 +191,9 @@ class CiderD(ReferenceReward):
             (B,) float64 scores on pycocoevalcap's per-image scale (0..~10).
         """
         if len(candidates) != len(references):
-            raise ValueError(f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists")
+            raise ValueError(
+                f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists"
+            )
         refs = [[r] if isinstance(r, str) else list(r) for r in references]
         for i, r in enumerate(refs):
             if not r:
@@ -218,7 +224,9 @@ class CiderD(ReferenceReward):
         ref_sent = np.empty(len(flat_refs), dtype=np.int64)
         ref_sent[cached >= 0] = len(enc.lengths) + ref_slot
         ref_sent[cached < 0] = ref_new
-        return self._score_groups(store, starts, lens, norms, cand_new, ref_sent, num_refs, new_starts, cand_idf)
+        return self._score_groups(
+            store, starts, lens, norms, cand_new, ref_sent, num_refs, new_starts, cand_idf
+        )
 
     def _score_groups(self, store, starts, lens, norms, cand_sent, ref_sent, num_refs, cand_starts, cand_idf):
         """Score each group (candidate b with references ref_sent[offsets[b]:offsets[b] + num_refs[b]])."""
@@ -244,7 +252,9 @@ class CiderD(ReferenceReward):
             ref = pad_tokens(store, starts[np.maximum(rm, 0)].ravel(), ref_len_mat[rows, :rr].ravel(), lr, -2)
             ref = ref.reshape(len(rows), rr, lr)
             for st in match_orders(cand, ref, n):
-                idf = pad_tokens(cand_idf[st.k - 1], cand_starts[cand_sent[rows]], cand_len[rows], st.valid.shape[1], 0)
+                idf = pad_tokens(
+                    cand_idf[st.k - 1], cand_starts[cand_sent[rows]], cand_len[rows], st.valid.shape[1], 0
+                )
                 w_c = (st.tf_cand * idf)[:, :, None]
                 w_r = st.tf_ref * idf[:, :, None]
                 # vrama91's clipping: min(candidate weight, reference weight) * reference weight
@@ -266,7 +276,9 @@ class CiderD(ReferenceReward):
         )
 
 
-def _document_frequencies(enc: Encoded, per_token: list[np.ndarray], tables: list[np.ndarray], groups) -> list[np.ndarray]:
+def _document_frequencies(
+    enc: Encoded, per_token: list[np.ndarray], tables: list[np.ndarray], groups
+) -> list[np.ndarray]:
     """df per corpus n-gram: the number of images whose reference set contains it (pycocoevalcap
     counts each n-gram once per image, over the union of that image's references)."""
     doc_sent = np.concatenate(groups)

@@ -96,7 +96,10 @@ class ClipScore:
         out = []
         for lo in range(0, len(texts), self.batch_size):
             inputs = self._processor(
-                text=list(texts[lo : lo + self.batch_size]), padding=self._padding, truncation=True, return_tensors="pt"
+                text=list(texts[lo : lo + self.batch_size]),
+                padding=self._padding,
+                truncation=True,
+                return_tensors="pt",
             ).to(self._model.device)
             with torch.inference_mode():
                 out.append(self._unit(self._model.get_text_features(**inputs)).cpu().numpy())
@@ -112,11 +115,16 @@ class ClipScore:
             inputs = self._processor(images=list(images[lo : lo + self.batch_size]), return_tensors="pt")
             pixel_values = inputs["pixel_values"].to(self._model.device, self._model.dtype)
             with torch.inference_mode():
-                out.append(self._unit(self._model.get_image_features(pixel_values=pixel_values)).cpu().numpy())
+                out.append(
+                    self._unit(self._model.get_image_features(pixel_values=pixel_values)).cpu().numpy()
+                )
         return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
     def score(
-        self, candidates: Sequence[str], images: Sequence[Any], references: Sequence[Sequence[str]] | None = None
+        self,
+        candidates: Sequence[str],
+        images: Sequence[Any],
+        references: Sequence[Sequence[str]] | None = None,
     ) -> np.ndarray:
         """Scores per candidate, (B,) float64: CLIP-S, or RefCLIP-S when mode is "refclip_s".
 
@@ -176,7 +184,9 @@ class ClipScore:
         out: list[float | None] = [None] * len(texts)
         if rows:
             values = self.score(
-                [texts[i] for i in rows], [images[i] for i in rows], None if refs is None else [refs[i] for i in rows]
+                [texts[i] for i in rows],
+                [images[i] for i in rows],
+                None if refs is None else [refs[i] for i in rows],
             )
             for i, v in zip(rows, values.tolist()):
                 out[i] = float(v)

@@ -81,8 +81,21 @@ class Meteor(ReferenceReward):
         if proc is None or proc.poll() is not None:
             jar = self.jar
             if not jar.is_file():
-                raise FileNotFoundError(f"{self.__name__}: METEOR jar not found at {jar}; reinstall pycocoevalcap")
-            cmd = [java_executable(), "-jar", f"-Xmx{self.max_memory}", jar.name, "-", "-", "-stdio", "-l", "en", "-norm"]
+                raise FileNotFoundError(
+                    f"{self.__name__}: METEOR jar not found at {jar}; reinstall pycocoevalcap"
+                )
+            cmd = [
+                java_executable(),
+                "-jar",
+                f"-Xmx{self.max_memory}",
+                jar.name,
+                "-",
+                "-",
+                "-stdio",
+                "-l",
+                "en",
+                "-norm",
+            ]
             proc = subprocess.Popen(
                 cmd, cwd=jar.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
             )
@@ -100,7 +113,9 @@ class Meteor(ReferenceReward):
             raise BrokenPipeError("METEOR process closed its output")
         return line.decode("utf-8").strip()
 
-    def _run(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
+    def _run(
+        self, candidates: Sequence[str], references: Sequence[Sequence[str]]
+    ) -> tuple[float, list[float]]:
         proc = self._process()
         stats: list[str] = []
         for lo in range(0, len(candidates), _CHUNK):
@@ -118,10 +133,14 @@ class Meteor(ReferenceReward):
         scores = [float(self._readline(proc)) for _ in stats]
         return float(self._readline(proc)), scores
 
-    def compute(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[float, list[float]]:
+    def compute(
+        self, candidates: Sequence[str], references: Sequence[Sequence[str]]
+    ) -> tuple[float, list[float]]:
         """(corpus METEOR, per-sample METEOR) as pycocoevalcap's ``compute_score`` returns them."""
         if len(candidates) != len(references):
-            raise ValueError(f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists")
+            raise ValueError(
+                f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists"
+            )
         if not len(candidates):
             return 0.0, []
         with self._lock:

@@ -36,7 +36,9 @@ def lcs_length(a: Sequence, b: Sequence) -> int:
     return prev[-1]
 
 
-def lcs_lengths(left: np.ndarray, left_len: np.ndarray, right: np.ndarray, right_len: np.ndarray) -> np.ndarray:
+def lcs_lengths(
+    left: np.ndarray, left_len: np.ndarray, right: np.ndarray, right_len: np.ndarray
+) -> np.ndarray:
     """LCS length of each row pair.
 
     Args:
@@ -52,7 +54,9 @@ def lcs_lengths(left: np.ndarray, left_len: np.ndarray, right: np.ndarray, right
         u = v & m
         v = (v + u) | (v - u)  # uint64 arithmetic wraps, as the algorithm assumes
     width = right_len.astype(np.uint64)
-    low = np.where(width >= 64, np.iinfo(np.uint64).max, (np.uint64(1) << np.minimum(width, 63)) - np.uint64(1))
+    low = np.where(
+        width >= 64, np.iinfo(np.uint64).max, (np.uint64(1) << np.minimum(width, 63)) - np.uint64(1)
+    )
     return np.bitwise_count(~v & low).astype(np.int64)
 
 
@@ -78,7 +82,9 @@ class RougeL(ReferenceReward):
     def score(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
         """ROUGE-L of each candidate: (B,) float64, pycocoevalcap's per-image scores."""
         if len(candidates) != len(references):
-            raise ValueError(f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists")
+            raise ValueError(
+                f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists"
+            )
         refs = [[r] if isinstance(r, str) else list(r) for r in references]
         for i, r in enumerate(refs):
             if not r:

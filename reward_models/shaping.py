@@ -45,7 +45,9 @@ class LengthReward:
         name: str = "length",
     ):
         if (target is None) == (max_length is None):
-            raise ValueError("LengthReward: give exactly one of `target` (length target) or `max_length` (penalty)")
+            raise ValueError(
+                "LengthReward: give exactly one of `target` (length target) or `max_length` (penalty)"
+            )
         if (target is not None and target <= 0) or (max_length is not None and max_length <= 0):
             raise ValueError("LengthReward: `target` / `max_length` must be positive")
         if unit not in ("words", "tokens"):
@@ -53,7 +55,9 @@ class LengthReward:
         self.target, self.max_length, self.tolerance, self.unit = target, max_length, float(tolerance), unit
         self.__name__ = name
 
-    def __call__(self, prompts=None, completions=None, completion_ids=None, **kwargs: Any) -> list[float | None]:
+    def __call__(
+        self, prompts=None, completions=None, completion_ids=None, **kwargs: Any
+    ) -> list[float | None]:
         if self.unit == "tokens":
             if completion_ids is None:
                 raise KeyError(f"reward {self.__name__!r} with unit='tokens' needs `completion_ids`")
@@ -169,7 +173,9 @@ class AttributeReward:
 
     def _truth(self, objects: Any, num_objects: Any, relation: Any, index: int) -> set[tuple[str, Any]]:
         if not isinstance(objects, Sequence) or isinstance(objects, str):
-            raise TypeError(f"reward {self.__name__!r}: `objects` of sample {index} must be a list of dicts, got {objects!r:.100}")
+            raise TypeError(
+                f"reward {self.__name__!r}: `objects` of sample {index} must be a list of dicts, got {objects!r:.100}"
+            )
         truth: set[tuple[str, Any]] = set()
         for j, obj in enumerate(objects):
             for attribute, table in scene_vocab.ATTRIBUTES.items():
@@ -182,7 +188,9 @@ class AttributeReward:
                 truth.add((attribute, value))
         count = int(num_objects)
         if count not in scene_vocab.COUNTS:
-            raise ValueError(f"reward {self.__name__!r}: sample {index}: num_objects={count} not in {sorted(scene_vocab.COUNTS)}")
+            raise ValueError(
+                f"reward {self.__name__!r}: sample {index}: num_objects={count} not in {sorted(scene_vocab.COUNTS)}"
+            )
         truth.add(("count", count))
         if relation:
             if relation not in scene_vocab.RELATIONS:
@@ -192,7 +200,9 @@ class AttributeReward:
             truth.add(("relation", relation))
         return truth
 
-    def score_one(self, text: str, objects: Any, num_objects: Any, relation: Any = "", index: int = 0) -> float:
+    def score_one(
+        self, text: str, objects: Any, num_objects: Any, relation: Any = "", index: int = 0
+    ) -> float:
         """Score of one caption against one scene (see the class docstring)."""
         truth = self._truth(objects, num_objects, relation, index)
         named = self.named(text)
@@ -226,6 +236,11 @@ class AttributeReward:
             )
         texts = completions_to_text(completions)
         if len(objects) != len(texts) or len(num_objects) != len(texts):
-            raise ValueError(f"reward {self.__name__!r}: column lengths do not match the {len(texts)} completions")
+            raise ValueError(
+                f"reward {self.__name__!r}: column lengths do not match the {len(texts)} completions"
+            )
         relation = relation if relation is not None else [""] * len(texts)
-        return [self.score_one(t, o, n, r, i) for i, (t, o, n, r) in enumerate(zip(texts, objects, num_objects, relation))]
+        return [
+            self.score_one(t, o, n, r, i)
+            for i, (t, o, n, r) in enumerate(zip(texts, objects, num_objects, relation))
+        ]

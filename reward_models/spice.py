@@ -81,15 +81,19 @@ class Spice(ReferenceReward):
                 f"{'is' if len(missing) == 1 else 'are'} missing from {self.lib_dir}. "
                 f"Copy {CORENLP_JARS[0]} and {CORENLP_JARS[1]} into {self.lib_dir} (or pass lib_dir=<folder "
                 f"holding them>). Both are inside {CORENLP_ZIP} (folder stanford-corenlp-full-2015-12-09/); on "
-                f"a machine with internet, `python -c \"from pycocoevalcap.spice.get_stanford_models import "
-                f"get_stanford_models; get_stanford_models()\"` downloads them into pycocoevalcap/spice/lib."
+                f'a machine with internet, `python -c "from pycocoevalcap.spice.get_stanford_models import '
+                f'get_stanford_models; get_stanford_models()"` downloads them into pycocoevalcap/spice/lib.'
             )
         java_executable()  # fail now, not at the first reward call
 
     def _command(self, in_file: str, out_file: str) -> list[str]:
         spice = spice_dir()
         # an explicit class path, so the CoreNLP jars may live outside site-packages
-        jars = [spice / "spice-1.0.jar", *sorted((spice / "lib").glob("*.jar")), *(self.lib_dir / n for n in CORENLP_JARS)]
+        jars = [
+            spice / "spice-1.0.jar",
+            *sorted((spice / "lib").glob("*.jar")),
+            *(self.lib_dir / n for n in CORENLP_JARS),
+        ]
         cmd = [java_executable(), f"-Xmx{self.max_memory}", "-cp", os.pathsep.join(map(str, jars))]
         cmd += ["edu.anu.spice.SpiceScorer", in_file, "-out", out_file, "-subset", "-silent"]
         if self.cache_dir is not None:
@@ -100,16 +104,28 @@ class Spice(ReferenceReward):
     def compute(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> list[dict]:
         """SPICE's full per-sample output: one dict of categories -> {pr, re, f, ...} per sample."""
         if len(candidates) != len(references):
-            raise ValueError(f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists")
+            raise ValueError(
+                f"{self.__name__}: {len(candidates)} candidates but {len(references)} reference lists"
+            )
         if not len(candidates):
             return []
         with tempfile.TemporaryDirectory(prefix="mmft-spice-") as tmp:
             in_file, out_file = os.path.join(tmp, "in.json"), os.path.join(tmp, "out.json")
             with open(in_file, "w", encoding="utf-8") as f:
-                json.dump([{"image_id": i, "test": c, "refs": list(r)} for i, (c, r) in enumerate(zip(candidates, references))], f)
-            proc = subprocess.run(self._command(in_file, out_file), cwd=spice_dir(), capture_output=True, check=False)
+                json.dump(
+                    [
+                        {"image_id": i, "test": c, "refs": list(r)}
+                        for i, (c, r) in enumerate(zip(candidates, references))
+                    ],
+                    f,
+                )
+            proc = subprocess.run(
+                self._command(in_file, out_file), cwd=spice_dir(), capture_output=True, check=False
+            )
             if proc.returncode != 0:
-                raise RuntimeError(f"{self.__name__}: SPICE exited with {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{self.__name__}: SPICE exited with {proc.returncode}: {proc.stderr.decode(errors='replace')[-2000:]}"
+                )
             with open(out_file, encoding="utf-8") as f:
                 results = json.load(f)
         by_id = {item["image_id"]: item["scores"] for item in results}
@@ -125,7 +141,10 @@ class Spice(ReferenceReward):
 
     def __call__(self, prompts=None, completions=None, references=None, **kwargs) -> list[float | None]:
         # NaN (no scene-graph tuples on either side) becomes None: the reward does not apply
-        return [None if v is None or math.isnan(v) else v for v in super().__call__(prompts, completions, references, **kwargs)]
+        return [
+            None if v is None or math.isnan(v) else v
+            for v in super().__call__(prompts, completions, references, **kwargs)
+        ]
 
     def _score_texts(self, candidates: list[str], references: list[list[str]]) -> np.ndarray:
         return self.score(candidates, references)

@@ -47,7 +47,12 @@ _OPEN_BRACKETS = {"(": "-LRB-", "[": "-LSB-", "{": "-LCB-"}
 _CLOSE_BRACKETS = {")": "-RRB-", "]": "-RSB-", "}": "-RCB-"}
 _CONTRACTION = re.compile(r"^(.+?)(n't|'s|'m|'d|'re|'ve|'ll)$", re.IGNORECASE)
 # Informal forms PTBLexer splits into two tokens.
-_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "wanna": ("wan", "na"), "gotta": ("got", "ta")}
+_SPLIT_WORDS = {
+    "cannot": ("can", "not"),
+    "gonna": ("gon", "na"),
+    "wanna": ("wan", "na"),
+    "gotta": ("got", "ta"),
+}
 # Words that start with an apostrophe and stay whole ("rock 'n' roll", "'90s").
 _APOSTROPHE_WORD = re.compile(r"^(?:'(?:n'?|\d+s?|em|tis|twas|s|m|d|re|ve|ll)|n't)$", re.IGNORECASE)
 
@@ -79,7 +84,9 @@ def _split_word(word: str) -> list[str]:
             word = word[:-3]
         elif word[-1] == ".":
             stem = word[:-1]
-            if stem and (len(stem) == 1 and stem.isalpha() or stem.lower() in _ABBREVIATIONS or _DOTTED.match(stem)):
+            if stem and (
+                len(stem) == 1 and stem.isalpha() or stem.lower() in _ABBREVIATIONS or _DOTTED.match(stem)
+            ):
                 break  # an abbreviation keeps its period
             tail.append(".")
             word = stem
@@ -202,7 +209,9 @@ def java_executable() -> str:
 def _corenlp_jar() -> Path:
     jar = pycocoevalcap_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
     if not jar.is_file():
-        raise FileNotFoundError(f"pycocoevalcap's CoreNLP jar is missing: expected {jar}; reinstall pycocoevalcap")
+        raise FileNotFoundError(
+            f"pycocoevalcap's CoreNLP jar is missing: expected {jar}; reinstall pycocoevalcap"
+        )
     return jar
 
 
@@ -227,13 +236,17 @@ class JavaPTBTokenizer:
                 f.write("\n".join(t.replace("\n", " ").replace("\r", " ") or " " for t in texts))
             proc = subprocess.run(cmd + [path], capture_output=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"Java PTBTokenizer failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"Java PTBTokenizer failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-2000:]}"
+            )
         lines = proc.stdout.decode("utf-8").split("\n")
         if len(lines) > len(texts) and all(not line for line in lines[len(texts) :]):
             lines = lines[: len(texts)]
         if len(lines) != len(texts):
             raise RuntimeError(f"Java PTBTokenizer returned {len(lines)} lines for {len(texts)} captions")
-        return [" ".join(w for w in line.rstrip().split(" ") if w and w not in PUNCTUATIONS) for line in lines]
+        return [
+            " ".join(w for w in line.rstrip().split(" ") if w and w not in PUNCTUATIONS) for line in lines
+        ]
 
 
 def _whitespace(texts: Sequence[str]) -> list[str]:
@@ -277,4 +290,6 @@ def get_tokenizer(spec: str | Callable[[str], Sequence[str] | str] | None) -> tu
     if callable(spec):
         name = getattr(spec, "__qualname__", type(spec).__name__)
         return f"callable:{getattr(spec, '__module__', '?')}.{name}", _CallableTokenizer(spec)
-    raise ValueError(f"unknown tokenizer {spec!r}; use 'python', 'ptb', 'none' or a callable str -> list[str]")
+    raise ValueError(
+        f"unknown tokenizer {spec!r}; use 'python', 'ptb', 'none' or a callable str -> list[str]"
+    )

@@ -125,7 +125,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--captions", type=Path, default=DEFAULT_CAPTIONS, help="Flickr8k captions.txt")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per measurement (the minimum is kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved runs per measurement (the minimum is kept)"
+    )
     args = parser.parse_args()
     if not args.captions.is_file():
         parser.error(f"captions not found: {args.captions}")
@@ -138,11 +140,17 @@ def main() -> int:
         return c.lower().replace(" .", "")
 
     rows = {
-        "pre-tokenised": bench_row([norm(c) for c in raw_cands], [[norm(r) for r in rs] for rs in raw_refs], False, args.repeats),
+        "pre-tokenised": bench_row(
+            [norm(c) for c in raw_cands], [[norm(r) for r in rs] for rs in raw_refs], False, args.repeats
+        ),
         "with tokenisation": bench_row(raw_cands, raw_refs, True, args.repeats),
     }
-    print(f"Flickr8k leave-one-out, {len(raw_cands)} candidates x 4 references; min of {args.repeats} runs, CPU seconds")
-    print(f"{'row':<18} {'metric':<8} {'pycocoevalcap':>14} {'reward_models':>14} {'speedup':>8} {'(wall)':>8} {'max|diff|':>10}")
+    print(
+        f"Flickr8k leave-one-out, {len(raw_cands)} candidates x 4 references; min of {args.repeats} runs, CPU seconds"
+    )
+    print(
+        f"{'row':<18} {'metric':<8} {'pycocoevalcap':>14} {'reward_models':>14} {'speedup':>8} {'(wall)':>8} {'max|diff|':>10}"
+    )
     for row, metrics in rows.items():
         for metric, r in metrics.items():
             print(
@@ -160,7 +168,12 @@ def main() -> int:
         "num_candidates": len(raw_cands),
         "repeats": args.repeats,
         "timing": "CPU seconds of the process and its children (min over repeats); *_wall fields are wall-clock seconds",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+            "platform": platform.platform(),
+        },
         "command": " ".join([".venv/bin/python", "scripts/bench_rewards.py", *sys.argv[1:]]),
     }
     targets = {"cider_speedup": 20, "bleu_speedup": 10, "rouge_speedup": 10}

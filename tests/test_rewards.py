@@ -16,7 +16,18 @@ CORPUS = [["a dog runs on the grass", "a brown dog running"], ["a man rides a bi
 
 
 def test_registry_names_and_unknown_name():
-    assert {"cider_d", "bleu", "rouge_l", "meteor", "spice", "clipscore", "length", "repetition", "vocab_richness", "attribute"} <= set(REGISTRY)
+    assert {
+        "cider_d",
+        "bleu",
+        "rouge_l",
+        "meteor",
+        "spice",
+        "clipscore",
+        "length",
+        "repetition",
+        "vocab_richness",
+        "attribute",
+    } <= set(REGISTRY)
     with pytest.raises(ValueError, match=r"unknown reward 'cidr'; known rewards: .*cider_d.*vocab_richness"):
         load_reward("cidr")
 
@@ -144,7 +155,9 @@ def test_composer_running_normalisation_and_clip():
         out = composer.compute(completions=["c"] * 3)
         seen += [v for v in batch if v is not None]
         mean, std = np.mean(seen), np.std(seen)
-        want = np.clip((np.array([np.nan if v is None else v for v in batch]) - mean) / (std + 1e-8), -1.5, 1.5)
+        want = np.clip(
+            (np.array([np.nan if v is None else v for v in batch]) - mean) / (std + 1e-8), -1.5, 1.5
+        )
         np.testing.assert_allclose(out.used["stream"], want, rtol=1e-12)
     assert composer.stats["stream"].count == 8
     clone = RewardComposer([stream, _const("zero", [0.0] * 3)], normalize=True)
@@ -153,7 +166,9 @@ def test_composer_running_normalisation_and_clip():
 
 
 def test_composer_pickles_and_decodes_conversations():
-    composer = load_rewards([{"name": "bleu", "kwargs": {"order": 1}}, {"name": "length", "weight": 0.1, "kwargs": {"target": 3}}])
+    composer = load_rewards(
+        [{"name": "bleu", "kwargs": {"order": 1}}, {"name": "length", "weight": 0.1, "kwargs": {"target": 3}}]
+    )
     completions = [[{"role": "assistant", "content": [{"type": "text", "text": "a dog runs"}]}]]
     assert completions_to_text(completions) == ["a dog runs"]
     out = pickle.loads(pickle.dumps(composer))(completions=completions, references=[["a dog runs"]])

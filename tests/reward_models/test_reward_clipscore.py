@@ -33,18 +33,35 @@ def tiny_clip(tmp_path_factory):
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>", model_max_length=16
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        model_max_length=16,
     )
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
         ),
         vision_config=dict(
-            image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
         ),
         projection_dim=8,
     )
@@ -67,9 +84,15 @@ def _reference_scores(path, cands, images, refs, w=2.5, prefix="A photo depicts"
     cos = (out.logits_per_image / model.logit_scale.exp()).detach().numpy()
     clip_s = w * np.maximum(np.diag(cos), 0)
     with torch.no_grad():
-        emb = model(**processor(text=texts + [f"{prefix} {r}" for rs in refs for r in rs], images=images[:1], padding=True,
-                               return_tensors="pt")).text_embeds.numpy()
-    cand, ref = emb[: len(cands)], emb[len(cands):]
+        emb = model(
+            **processor(
+                text=texts + [f"{prefix} {r}" for rs in refs for r in rs],
+                images=images[:1],
+                padding=True,
+                return_tensors="pt",
+            )
+        ).text_embeds.numpy()
+    cand, ref = emb[: len(cands)], emb[len(cands) :]
     ref_s, k = [], 0
     for i, rs in enumerate(refs):
         ref_s.append(max(w * max(float(cand[i] @ ref[k + j]), 0.0) for j in range(len(rs))))
@@ -104,6 +127,8 @@ def test_clipscore_contract_lists_of_images_missing_images_and_pickle(tiny_clip)
     np.testing.assert_allclose(listed[:2], single, atol=1e-6)
     assert listed[2] is None
     clone = pickle.loads(pickle.dumps(reward))
-    assert clone._model is None and clone(completions=["a dog"], image=[images[0]]) == pytest.approx(single[:1], abs=1e-6)
+    assert clone._model is None and clone(completions=["a dog"], image=[images[0]]) == pytest.approx(
+        single[:1], abs=1e-6
+    )
     with pytest.raises(KeyError, match="'clip_s' needs an `image` column"):
         reward(completions=["a dog"], references=[["a dog"]])

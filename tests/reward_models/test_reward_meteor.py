@@ -45,7 +45,10 @@ def test_meteor_matches_pycocoevalcap_and_survives_a_killed_jvm(meteor, leave_on
 
     # thread-safe: concurrent calls are serialised and each gets its own answer
     out = {}
-    threads = [threading.Thread(target=lambda k=k: out.__setitem__(k, meteor.score(cands[k::5], refs[k::5]))) for k in range(5)]
+    threads = [
+        threading.Thread(target=lambda k=k: out.__setitem__(k, meteor.score(cands[k::5], refs[k::5])))
+        for k in range(5)
+    ]
     for t in threads:
         t.start()
     for t in threads:

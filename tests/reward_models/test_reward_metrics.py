@@ -75,12 +75,18 @@ def test_edge_cases_match_pycocoevalcap():
         rtol=0,
     )
     np.testing.assert_allclose(
-        Bleu(tokenizer="none").score(cands, refs), np.array(CocoBleu(4).compute_score(gts, res, verbose=0)[1]).T, atol=1e-9
+        Bleu(tokenizer="none").score(cands, refs),
+        np.array(CocoBleu(4).compute_score(gts, res, verbose=0)[1]).T,
+        atol=1e-9,
     )
-    np.testing.assert_allclose(RougeL(tokenizer="none").score(cands, refs), CocoRouge().compute_score(gts, res)[1], atol=1e-9)
+    np.testing.assert_allclose(
+        RougeL(tokenizer="none").score(cands, refs), CocoRouge().compute_score(gts, res)[1], atol=1e-9
+    )
 
 
-def _cider_by_hand(cand: str, refs: list[str], corpus: list[list[str]], n: int = 4, sigma: float = 6.0) -> float:
+def _cider_by_hand(
+    cand: str, refs: list[str], corpus: list[list[str]], n: int = 4, sigma: float = 6.0
+) -> float:
     """CIDEr-D written out from ppo_spec.md with corpus-level df (dictionaries, no numpy tricks)."""
 
     def grams(s):
@@ -143,7 +149,9 @@ def test_cider_d_df_cache_roundtrip(tmp_path):
     assert len(files) == 1 and files[0].stem == first.corpus_hash
     second = CiderD(corpus, tokenizer="none", cache_dir=tmp_path)  # loads the file
     assert second.corpus_hash == first.corpus_hash
-    np.testing.assert_array_equal(second.score(["a dog sits"], [["a dog runs"]]), first.score(["a dog sits"], [["a dog runs"]]))
+    np.testing.assert_array_equal(
+        second.score(["a dog sits"], [["a dog runs"]]), first.score(["a dog sits"], [["a dog runs"]])
+    )
     other = CiderD(corpus + [["a bird flies"]], tokenizer="none", cache_dir=tmp_path)
     assert other.corpus_hash != first.corpus_hash and len(list(tmp_path.glob("*.npz"))) == 2
 
@@ -155,7 +163,9 @@ def test_python_tokenizer_is_the_default_and_keeps_end_of_sentence(tmp_path):
     # PTB tokenisation: case and the final period do not matter, "dog's" is "dog 's", brackets stay
     raw = cider.score(["A dog runs .", "a brown dog 's running"], [corpus[0], corpus[0]])
     pre = CiderD(
-        [["a dog runs", "a brown dog 's running"], ["two kids -lrb- boys -rrb- play"]], tokenizer="none", cache_dir=False
+        [["a dog runs", "a brown dog 's running"], ["two kids -lrb- boys -rrb- play"]],
+        tokenizer="none",
+        cache_dir=False,
     ).score(["a dog runs", "a brown dog 's running"], [["a dog runs", "a brown dog 's running"]] * 2)
     np.testing.assert_allclose(raw, pre, atol=1e-12)
 
@@ -166,11 +176,18 @@ def test_reward_contract_standard_and_conversational():
     plain = ["a dog runs", "a red car", "anything"]
     conversational = [
         [{"role": "assistant", "content": "a dog runs"}],
-        [{"role": "assistant", "content": [{"type": "text", "text": "a red "}, {"type": "text", "text": "car"}]}],
+        [
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "a red "}, {"type": "text", "text": "car"}],
+            }
+        ],
         [{"role": "assistant", "content": "anything"}],
     ]
     for reward in (cider, Bleu(), Bleu(order=1), RougeL()):
-        out = reward(prompts=["p"] * 3, completions=plain, completion_ids=[[1]] * 3, references=refs, image=[None] * 3)
+        out = reward(
+            prompts=["p"] * 3, completions=plain, completion_ids=[[1]] * 3, references=refs, image=[None] * 3
+        )
         assert len(out) == 3 and out[2] is None  # no references: the reward does not apply
         assert all(isinstance(v, float) and np.isfinite(v) for v in out[:2])
         assert out[0] > 0 and out[1] > 0
@@ -178,7 +195,12 @@ def test_reward_contract_standard_and_conversational():
         # picklable (TRL may ship reward functions to worker processes) and unchanged by it
         clone = pickle.loads(pickle.dumps(reward))
         assert clone.__name__ == reward.__name__ and clone(completions=plain, references=refs) == out
-    assert [cider.__name__, Bleu().__name__, Bleu(order=1).__name__, RougeL().__name__] == ["cider_d", "bleu", "bleu1", "rouge_l"]
+    assert [cider.__name__, Bleu().__name__, Bleu(order=1).__name__, RougeL().__name__] == [
+        "cider_d",
+        "bleu",
+        "bleu1",
+        "rouge_l",
+    ]
 
 
 def test_reward_errors_name_the_reward():

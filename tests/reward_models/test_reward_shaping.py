@@ -57,7 +57,9 @@ def test_attribute_reward_count_one_rule_and_word_boundaries():
     # count 1 via the article; 5 of 5 true, no wrong claims
     assert reward.score_one("a big orange diamond in the middle", ONE, 1, "") == 1.0
     # "two" is an explicit wrong count: the article no longer names count 1
-    assert reward.score_one("two big orange diamonds in the center", ONE, 1, "") == pytest.approx(4 / 5 - 1 / 5)
+    assert reward.score_one("two big orange diamonds in the center", ONE, 1, "") == pytest.approx(
+        4 / 5 - 1 / 5
+    )
     # substrings are not words: "bigger", "reddish", "abox" name nothing
     assert reward.named("bigger reddish abox") == set()
 
@@ -66,16 +68,19 @@ def test_attribute_reward_contract_and_errors():
     reward = AttributeReward()
     out = reward(
         prompts=["p", "p"],
-        completions=[[{"role": "assistant", "content": "a big orange rhombus in the center"}], [{"role": "assistant", "content": "x"}]],
+        completions=[
+            [{"role": "assistant", "content": "a big orange rhombus in the center"}],
+            [{"role": "assistant", "content": "x"}],
+        ],
         objects=[ONE, TWO],
         num_objects=[1, 2],
         relation=["", "below"],
         image=[None, None],
     )
     assert out == [1.0, 0.0]
-    assert pickle.loads(pickle.dumps(reward))(completions=["a red circle"], objects=[TWO], num_objects=[2], relation=["above"]) == [
-        pytest.approx(0.2)
-    ]
+    assert pickle.loads(pickle.dumps(reward))(
+        completions=["a red circle"], objects=[TWO], num_objects=[2], relation=["above"]
+    ) == [pytest.approx(0.2)]
     with pytest.raises(ValueError, match="sample 1, object 0: color='pink'"):
         reward(completions=["a", "b"], objects=[ONE, [{**ONE[0], "color": "pink"}]], num_objects=[1, 1])
     with pytest.raises(KeyError, match="needs the embedded task's columns"):

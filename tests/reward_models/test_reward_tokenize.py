@@ -9,7 +9,9 @@ import pytest
 
 from reward_models.tokenize import JavaPTBTokenizer, get_tokenizer, ptb_tokenize, ptb_tokens
 
-needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="no `java` on PATH for the Stanford PTBTokenizer")
+needs_java = pytest.mark.skipif(
+    shutil.which("java") is None, reason="no `java` on PATH for the Stanford PTBTokenizer"
+)
 
 
 @pytest.mark.parametrize(
@@ -17,7 +19,10 @@ needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="no `java` 
     [
         ("A dog's ball.", ["a", "dog", "'s", "ball"]),
         ("They can't stop; it's fun!", ["they", "ca", "n't", "stop", "it", "'s", "fun"]),
-        ('A "quoted" word, (left) and [box]', ["a", "quoted", "word", "-lrb-", "left", "-rrb-", "and", "-lsb-", "box", "-rsb-"]),
+        (
+            'A "quoted" word, (left) and [box]',
+            ["a", "quoted", "word", "-lrb-", "left", "-rrb-", "and", "-lsb-", "box", "-rsb-"],
+        ),
         ("Mr. Smith in the U.S. at 3.5 miles", ["mr.", "smith", "in", "the", "u.s.", "at", "3.5", "miles"]),
         ("A t-shirt , 1,000 people -- wow ...", ["a", "t-shirt", "1,000", "people", "wow"]),
         ("dogs' toys $5 50% #1 cannot", ["dogs", "toys", "$", "5", "50", "%", "#", "1", "can", "not"]),
@@ -45,7 +50,10 @@ def test_python_tokenizer_agrees_with_java_on_flickr8k(flickr8k):
 def test_java_wrapper_matches_pycocoevalcap_ptbtokenizer(flickr8k):
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    captions = [c for caps in list(flickr8k.values())[:60] for c in caps] + ["", "An odd (one) -- with \"quotes\"."]
+    captions = [c for caps in list(flickr8k.values())[:60] for c in caps] + [
+        "",
+        'An odd (one) -- with "quotes".',
+    ]
     coco = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
     assert JavaPTBTokenizer()(captions) == [coco[i][0] for i in range(len(captions))]
     name, fn = get_tokenizer("ptb")

@@ -36,13 +36,19 @@ CHAT_TEMPLATE = (
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """(model folder, tokenizer): saved so that trainers can build their reference model from it."""
-    words = sorted({w for refs in CAPTIONS for r in refs for w in r.split()} | {"describe", "picture", "of", "."})
+    words = sorted(
+        {w for refs in CAPTIONS for r in refs for w in r.split()} | {"describe", "picture", "of", "."}
+    )
     specials = ["<pad>", "<unk>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
     vocab = {t: i for i, t in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|end|>", chat_template=CHAT_TEMPLATE
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|end|>",
+        chat_template=CHAT_TEMPLATE,
     )
     torch.manual_seed(0)
     config = Qwen2Config(
@@ -97,7 +103,11 @@ def _check_logged(trainer):
 def test_grpo_trainer_with_text_prompts(tiny_lm, tmp_path):
     path, tokenizer = tiny_lm
     data = Dataset.from_dict(
-        {"prompt": ["describe picture of"] * len(CAPTIONS), "references": CAPTIONS, "image_id": list(range(len(CAPTIONS)))}
+        {
+            "prompt": ["describe picture of"] * len(CAPTIONS),
+            "references": CAPTIONS,
+            "image_id": list(range(len(CAPTIONS))),
+        }
     )
     trainer = trl.GRPOTrainer(
         model=path,

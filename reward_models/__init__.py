@@ -36,3 +36,13 @@ __all__ = [
     "ptb_tokenize",
     "ptb_tokens",
 ]
+
+
+def __getattr__(name: str):
+    # LearnedReward scores with mmft's reward-model code; importing it lazily keeps
+    # `import reward_models` free of mmft (and of torch/transformers).
+    if name == "LearnedReward":
+        from reward_models.learned import LearnedReward
+
+        return LearnedReward
+    raise AttributeError(f"module 'reward_models' has no attribute {name!r}")

@@ -41,6 +41,18 @@ def lora_adapter(llava_dir, tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def noop_adapter(llava_dir, tmp_path_factory) -> str:
+    """A freshly initialised LoRA adapter (lora_B = 0): the base model's outputs exactly."""
+    from peft import LoraConfig, get_peft_model
+
+    from mmft.models.loading import load_vlm
+
+    path = tmp_path_factory.mktemp("noop-adapter")
+    get_peft_model(load_vlm(llava_dir), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(path)
+    return str(path)
+
+
 def write_log(path, entries: list[dict]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         for e in entries:

@@ -111,6 +111,19 @@ def test_adapter_comparison_shows_before_and_after(llava_dir, lora_adapter, base
     assert "- before:" in report and "- after:" in report
 
 
+def test_compare_adapter_evaluates_the_other_adapter_as_before(llava_dir, lora_adapter, noop_adapter, base_run,
+                                                                tmp_path):
+    out = tmp_path / "eval-compare"
+    assert _eval("--model", llava_dir, "--adapter", lora_adapter, "--compare-adapter", noop_adapter,
+                 "--metrics", "CIDEr", "--output", str(out)) == 0
+    rows = _captions(out)
+    # The no-op adapter reproduces the base captions; the switch back gives the perturbed adapter's.
+    assert [r["before_caption"] for r in rows] == [r["caption"] for r in _captions(base_run)]
+    assert [r["caption"] for r in rows] != [r["before_caption"] for r in rows]
+    info = json.loads((out / "eval_info.json").read_text())
+    assert info["adapter"] == lora_adapter and info["before"] == noop_adapter
+
+
 def test_bad_invocations_fail_before_loading_anything(llava_dir, tmp_path, capsys):
     assert _eval("--model", llava_dir, "--before", "--output", str(tmp_path / "o")) == 1
     assert "--before and --compare-adapter compare against --adapter" in capsys.readouterr().err

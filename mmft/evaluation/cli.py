@@ -175,8 +175,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="Images captioned per generate call.")
     p.add_argument("--max-new-tokens", type=int, default=32, help="Caption length limit in tokens.")
     p.add_argument("--num-beams", type=int, default=1, help="1: greedy decoding; K > 1: beam search.")
-    p.add_argument("--metrics", nargs="+", default=None, choices=ALL_METRICS,
-                   help="pycocoevalcap metrics to compute (default: all; SPICE only when its models are installed).")
+    p.add_argument("--metrics", nargs="+", default=None, choices=ALL_METRICS, metavar="METRIC",
+                   help=f"pycocoevalcap metrics to compute, of {', '.join(ALL_METRICS)} "
+                        "(default: all; SPICE only when its models are installed).")
     p.add_argument("--clip-model", default=None, help="CLIP or SigLIP checkpoint for CLIPScore (Hessel et al. 2021).")
     p.add_argument("--reward-model", default=None, help="Learned reward model folder (reward_models.LearnedReward).")
     p.add_argument("--run-dir", default=None, help="Training run folder holding log_history.jsonl: draws curves.png.")

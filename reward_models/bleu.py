@@ -78,8 +78,10 @@ class Bleu(ReferenceReward):
         ref_len = np.where(has, lens[ref_mat], 0)
         test_len = lens[cand_sent]
         # closest reference length, ties to the shorter: min over (|l - testlen|, l)
-        gap = np.where(has, np.abs(ref_len - test_len[:, None]), np.iinfo(np.int64).max)
-        key = gap * (int(ref_len.max(initial=0)) + 1) + ref_len
+        # a missing slot gets a gap larger than any real one (not an int64 max: the key below would overflow)
+        longest = int(ref_len.max(initial=0)) + int(test_len.max(initial=0)) + 1
+        gap = np.where(has, np.abs(ref_len - test_len[:, None]), longest)
+        key = gap * (longest + 1) + ref_len
         reflen = ref_len[np.arange(num), np.argmin(key, axis=1)] if num else np.zeros(0, np.int64)
         guess = np.maximum(0, test_len[:, None] - np.arange(self.n)[None, :])
         correct = np.zeros((num, self.n), dtype=np.int64)

@@ -61,6 +61,9 @@ def _random_set(seed: int, count: int = 200):
     refs = [[sentence(1, 90) for _ in range(rng.randint(1, 3))] for _ in range(count)]
     cands[0], refs[0] = "a  b ", ["a b", "b a a"]
     cands[1], refs[1] = "dog", ["dog"]
+    # empty candidate / empty reference; fewer references than other samples (padded slots)
+    cands[2:6] = ["", "a dog", "x", "a dog runs"]
+    refs[2:6] = [["a dog"], [""], ["x y", "x"], ["a dog runs", "", "dog"]]
     return cands, refs
 
 

@@ -134,3 +134,21 @@ def test_bad_invocations_fail_before_loading_anything(llava_dir, tmp_path, capsy
     assert "no log_history.jsonl" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: only one comparison at a time
         _eval("--model", llava_dir, "--adapter", "a", "--before", "--compare-adapter", "b", "--output", "o")
+
+
+def test_generate_captions_api_greedy_matches_cli_and_beam_search_runs(llava_dir, base_run):
+    from mmft.data.loaders import load_data
+    from mmft.evaluation import generate_captions
+    from mmft.models.loading import load_processor, load_vlm
+
+    model, processor = load_vlm(llava_dir), load_processor(llava_dir)
+    dataset = load_data("synthetic", "test", num_samples=N)
+    model.train()
+    greedy = generate_captions(model, processor, dataset, batch_size=N, max_new_tokens=8, progress=False)
+    assert greedy == [r["caption"] for r in _captions(base_run)]
+    assert model.training  # the caller's mode is restored
+    beams = [generate_captions(model, processor, dataset.select(range(2)), batch_size=2, max_new_tokens=8,
+                               num_beams=3, progress=False) for _ in range(2)]
+    assert beams[0] == beams[1] and len(beams[0]) == 2 and all(isinstance(c, str) for c in beams[0])
+    with pytest.raises(ValueError, match="num_beams"):
+        generate_captions(model, processor, dataset, num_beams=0)

@@ -85,16 +85,21 @@ def run_eval(args: argparse.Namespace) -> dict[str, Path]:
     from mmft.evaluation.report import CURVES_FILE, write_outputs
     from mmft.models.loading import load_processor, load_vlm
 
+    # 1. Inputs that need no model: arguments, curves (a bad log fails before minutes of captioning), data.
     _check_args(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     curves = None
     if args.run_dir:
-        plot_curves(args.run_dir, out / CURVES_FILE)
+        try:
+            plot_curves(args.run_dir, out / CURVES_FILE)
+        except ValueError as err:
+            raise EvalError(f"--run-dir {args.run_dir}: {err}") from err
         curves = CURVES_FILE
     dataset = load_data(args.data, args.split, num_samples=args.num_samples, on_error=args.on_error)
     if len(dataset) == 0:
         raise EvalError(f"--data {args.data} --split {args.split} has no samples.")
+    # 2. Model: the base, the adapter as "after", the comparison adapter as "before" on the same base.
     processor = load_processor(args.model)
     model = load_vlm(args.model, dtype=args.dtype).to(_device(args.device))
     if args.adapter:
@@ -104,9 +109,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Path]:
         if args.compare_adapter:
             model.load_adapter(args.compare_adapter, adapter_name="before")
             model.set_adapter("after")
-    funcs = _reward_funcs(args, dataset)
-    common = dict(metrics=args.metrics, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                  clip_model=args.clip_model, reward_funcs=funcs, progress=not args.no_progress)
+    # 3. Caption and score, after then before, with the same decoding and scorers.
+    common = dict(metrics=args.metrics, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                  num_beams=args.num_beams, clip_model=args.clip_model, reward_funcs=_reward_funcs(args, dataset),
+                  progress=not args.no_progress)
     result = evaluate_captions(model, processor, dataset, desc="after" if args.adapter else "captioning", **common)
     before = None
     if args.before:
@@ -116,6 +122,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Path]:
         model.set_adapter("before")
         before = evaluate_captions(model, processor, dataset, desc="before", **common)
         model.set_adapter("after")
+    # 4. Files.
     decoding = "greedy" if args.num_beams == 1 else f"beam search, {args.num_beams} beams"
     info = {"model": args.model, "adapter": args.adapter,
             "before": "base model (adapter disabled)" if args.before else args.compare_adapter,

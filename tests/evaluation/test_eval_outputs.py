@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmft.evaluation import metrics as metrics_module
 from mmft.evaluation.curves import plot_curves
 from mmft.evaluation.evaluate import EvalResult, score_generated
+from mmft.evaluation.metrics import available_metrics, score_captions, spice_unavailable_reason
 from mmft.evaluation.report import markdown_report, write_gallery, write_outputs
 
 
@@ -190,3 +192,32 @@ def test_clipscore_is_reward_models_clip_s(tiny_clip):
     assert per_image == pytest.approx(direct)
     assert result.metrics["CLIPScore"] == pytest.approx(sum(direct) / 3)
     assert all(0 <= v <= 2.5 and math.isfinite(v) for v in per_image)
+
+
+def test_empty_captions_score_zero_instead_of_crashing():
+    corpus, per_image = score_captions(["", "a man riding a horse"], [REFS[1], REFS[0]], metrics=("CIDEr",),
+                                       tokenize="lower")
+    assert per_image[0]["CIDEr"] == 0 and per_image[1]["CIDEr"] > 0
+    assert corpus["CIDEr"] == pytest.approx(per_image[1]["CIDEr"] / 2)
+    with pytest.raises(ValueError, match="Sample 1: references must be a non-empty list"):
+        score_captions(["a", "b"], [["a"], []], metrics=("CIDEr",), tokenize="lower")
+
+
+def test_spice_is_detected_and_skipped_with_a_reason(monkeypatch):
+    import os
+
+    from pycocoevalcap.spice import spice
+
+    lib = os.path.join(os.path.dirname(spice.__file__), "lib")
+    installed = all(os.path.isfile(os.path.join(lib, j)) for j in metrics_module.SPICE_CORENLP_JARS)
+    assert (spice_unavailable_reason() is None) == installed
+    assert ("SPICE" in available_metrics()) == installed
+    monkeypatch.setattr(metrics_module.shutil, "which", lambda name: None)
+    assert "needs Java" in spice_unavailable_reason()
+    with pytest.raises(RuntimeError, match="Leave SPICE out"):
+        score_captions(["a"], [["a"]], metrics=("SPICE",), tokenize="lower")
+    monkeypatch.undo()
+    if not installed:
+        assert "stanford-corenlp-3.6.0-models.jar" in spice_unavailable_reason()
+        result = score_generated(["a man"], _dataset([REFS[0]]), metrics=None, tokenize="lower")
+        assert "SPICE" not in result.metrics and result.notes[0].startswith("SPICE skipped")

@@ -57,6 +57,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def barrier() -> None:
+    # torch.distributed directly: accelerate's own view of the ranks can be wrong under
+    # DeepSpeed on CPU (see distributed()).
+    if distributed()[1] > 1:
+        torch.distributed.barrier()
+
+
 def all_gather_objects(obj) -> list:
     world = distributed()[1]
     if world == 1:
@@ -92,6 +99,7 @@ class RLTrainer:
             raise ValueError("reward_funcs is required: one or more reward callables (TRL's contract).")
         self.args = args
         set_seed(args.seed)
+        self.is_main = distributed()[0] == 0
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.micro_batches_per_mini_batch,
             log_with=None if args.report_to in (None, "none", ["none"], []) else args.report_to,
@@ -130,20 +138,62 @@ class RLTrainer:
             num_warmup_steps=args.get_warmup_steps(self.num_optimizer_steps),
             num_training_steps=self.num_optimizer_steps,
         )
+        self.zero_stage = self._configure_deepspeed()
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper
         # would step it once per process).
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self._check_ranks_agree()
         self.kl_ctl = (core.AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
                        if args.kl_target is not None else core.FixedKLController(args.kl_coef))
         self.iteration = 0
         self.log_history: list[dict] = []
         self.skipped_prompts: list[int] = []
-        if self.accelerator.is_main_process:
+        if self.is_main:
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         if self.accelerator.log_with:
             self.accelerator.init_trackers(self.algorithm, config=_flat_config(args))
 
     # ------------------------------------------------------------------ setup
+    def _configure_deepspeed(self) -> int:
+        """Fill the DeepSpeed config values accelerate cannot infer without a dataloader,
+        and refuse options ZeRO cannot honour. Returns the ZeRO stage (0: no DeepSpeed)."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None:
+            return 0
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = self.args.per_device_train_batch_size
+        ds["gradient_accumulation_steps"] = self.args.micro_batches_per_mini_batch
+        # From torch.distributed: accelerate may count one process per rank here (CPU quirk).
+        ds["train_batch_size"] = (self.args.per_device_train_batch_size * self.args.micro_batches_per_mini_batch
+                                  * distributed()[1])
+        ds["gradient_clipping"] = self.args.max_grad_norm if self.args.max_grad_norm else 0.0
+        stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        if stage == 3 and getattr(self.args, "load_in_4bit", False):
+            raise ValueError("load_in_4bit (QLoRA) cannot be combined with DeepSpeed ZeRO-3, which shards the "
+                             "4-bit weights it cannot partition: use zero2.yaml, or drop load_in_4bit.")
+        if stage == 3 and getattr(self.args, "critic", "shared") == "separate" and self.args.gradient_checkpointing:
+            raise ValueError("critic='separate' with gradient_checkpointing under ZeRO-3 is not supported: the "
+                             "separate backbone's reentrant checkpointing hangs when ranks skip it. Use the shared "
+                             "critic or ZeRO-2.")
+        return stage
+
+    def _check_ranks_agree(self) -> None:
+        """Ranks that disagree on the data or the model would hang at the first collective
+        with mismatched shapes: compare them now and fail with both values instead."""
+        if distributed()[1] == 1:
+            return
+        n_params = sum(p.numel() for p in self.unwrapped.parameters())
+        if self.zero_stage == 3:
+            n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.unwrapped.parameters())
+        mine = {"dataset_length": len(self.train_dataset), "model_parameters": n_params,
+                "model_type": self.model_type}
+        views = all_gather_objects(mine)
+        for key in mine:
+            values = [v[key] for v in views]
+            if len(set(values)) > 1:
+                raise ValueError(f"Ranks disagree on {key}: {values} (rank order). Every rank must load the same "
+                                 "dataset and model; check per-rank paths, caches and data sharding.")
+
     def _check_columns(self, dataset, name: str) -> None:
         columns = set(dataset.column_names)
         if "prompt" not in columns:
@@ -340,7 +390,7 @@ class RLTrainer:
             self.load_checkpoint(resume_from_checkpoint)
         self.model.train()
         bar = tqdm(total=args.max_steps, initial=self.iteration, desc=self.algorithm.upper(),
-                   disable=not self.accelerator.is_main_process)
+                   disable=not self.is_main)
         while self.iteration < args.max_steps:
             t0 = time.time()
             metrics = self.step()
@@ -357,7 +407,10 @@ class RLTrainer:
             bar.set_postfix(score=f"{metrics.get('objective/scores', float('nan')):.3f}",
                             kl=f"{metrics.get('objective/kl', float('nan')):.3f}")
         bar.close()
-        self.accelerator.end_training()
+        # Not accelerator.end_training(): it also destroys the process group, and the
+        # caller may still evaluate or save (collectives under ZeRO-3).
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
         return self.log_history
 
     def step(self) -> dict[str, float]:
@@ -369,7 +422,7 @@ class RLTrainer:
         self.log_history.append(entry)
         if self.accelerator.log_with:
             self.accelerator.log(metrics, step=self.iteration)
-        if self.accelerator.is_main_process and args_logging(self.args, self.iteration):
+        if self.is_main and args_logging(self.args, self.iteration):
             keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value",
                     "policy/clipfrac", "val/explained_variance", "eval/CIDEr")
             shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
@@ -378,7 +431,7 @@ class RLTrainer:
                 f.write(json.dumps(entry) + "\n")
 
     def log_samples(self, texts: list[str], scores: torch.Tensor, rows: list[dict]) -> None:
-        if not self.accelerator.is_main_process:
+        if not self.is_main:
             return
         for text, score, row in list(zip(texts, scores.tolist(), rows))[: self.args.num_sample_captions]:
             ref = row.get("references", [""])[0] if isinstance(row.get("references"), list) else ""
@@ -422,10 +475,22 @@ class RLTrainer:
         return {f"eval/{k}": v for k, v in metrics.items()}
 
     # ------------------------------------------------------------------ checkpoints
+    def _gathered(self, params):
+        """Context in which ZeRO-3-partitioned `params` are whole on every rank (collective)."""
+        import contextlib
+
+        if self.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+        return contextlib.nullcontext()
+
     def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """Trainable parameters (adapters, value head), whole even under ZeRO-3. Collective."""
         model = self.unwrapped
-        names = {n for n, p in model.named_parameters() if p.requires_grad}
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        with self._gathered(p for _, p in named):
+            return {n: p.detach().cpu().clone() for n, p in named}
 
     def save_checkpoint(self, directory: str | None = None) -> str:
         """Adapters, value head, optimizer, scheduler, RNG states, KL controller and data
@@ -434,29 +499,35 @@ class RLTrainer:
         directory = directory or os.path.join(self.args.output_dir, f"checkpoint-{self.iteration}")
         rank, _ = distributed()
         tmp = directory + ".tmp"
-        if self.accelerator.is_main_process:
+        if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
-        self.accelerator.wait_for_everyone()
+        barrier()
         rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, os.path.join(tmp, f"rng_state_{rank}.pt"))
-        if self.accelerator.is_main_process:
-            torch.save(self._trainable_state(), os.path.join(tmp, TRAINABLE_STATE))
-            torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+        if self.zero_stage:
+            # ZeRO shards optimizer state (and parameters at stage 3) over ranks: DeepSpeed
+            # writes every rank's shard; the frozen base is not written.
+            self.model.save_checkpoint(tmp, tag="deepspeed", exclude_frozen_parameters=True)
+        trainable = self._trainable_state()
+        if self.is_main:
+            torch.save(trainable, os.path.join(tmp, TRAINABLE_STATE))
+            if not self.zero_stage:
+                torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
             torch.save(self.lr_scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             state = {"iteration": self.iteration, "kl_ctl": self.kl_ctl.state_dict(),
                      "skipped_prompts": self.skipped_prompts, "log_history": self.log_history,
                      "reward_stats": self.rewards.state_dict(),
                      "algorithm": self.algorithm}
             Path(tmp, TRAINER_STATE).write_text(json.dumps(state, indent=1))
-            self.save_adapters(tmp)
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+        self.save_adapters(tmp)
+        barrier()
+        if self.is_main:
             shutil.rmtree(directory, ignore_errors=True)
             os.replace(tmp, directory)
-        self.accelerator.wait_for_everyone()
+        barrier()
         return directory
 
     def load_checkpoint(self, directory: str) -> None:
@@ -464,11 +535,14 @@ class RLTrainer:
             raise FileNotFoundError(f"{directory} is not a complete mmft checkpoint (no {TRAINER_STATE}).")
         rank, _ = distributed()
         state = json.loads(Path(directory, TRAINER_STATE).read_text())
-        missing, unexpected = self.unwrapped.load_state_dict(
-            torch.load(os.path.join(directory, TRAINABLE_STATE)), strict=False)
-        if unexpected:
-            raise ValueError(f"Checkpoint {directory} holds parameters this model lacks: {unexpected[:5]} ...")
-        self.optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), weights_only=False))
+        if self.zero_stage:
+            self.model.load_checkpoint(directory, tag="deepspeed", load_module_strict=False)
+        else:
+            missing, unexpected = self.unwrapped.load_state_dict(
+                torch.load(os.path.join(directory, TRAINABLE_STATE)), strict=False)
+            if unexpected:
+                raise ValueError(f"Checkpoint {directory} holds parameters this model lacks: {unexpected[:5]} ...")
+            self.optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), weights_only=False))
         self.lr_scheduler.load_state_dict(torch.load(os.path.join(directory, "scheduler.pt")))
         rng = torch.load(os.path.join(directory, f"rng_state_{rank}.pt"), weights_only=False)
         random.setstate(rng["python"])
@@ -484,8 +558,14 @@ class RLTrainer:
 
     def save_adapters(self, directory: str) -> None:
         """The policy adapter at the folder's root (loads with `PeftModel.from_pretrained`),
-        the critic beside it in `critic/` (value adapter + value head)."""
+        the critic beside it in `critic/` (value adapter + value head). Collective under
+        ZeRO-3 (the adapters are gathered); only the main process writes."""
         model = self.unwrapped
+        with self._gathered(p for p in model.parameters() if p.requires_grad):
+            if self.is_main:
+                self._write_adapters(model, directory)
+
+    def _write_adapters(self, model: ActorCritic, directory: str) -> None:
         tmp = Path(directory) / "_adapters"
         model.policy.save_pretrained(tmp, selected_adapters=[POLICY])
         for f in (tmp / POLICY).iterdir():
@@ -505,12 +585,12 @@ class RLTrainer:
 
     def save_model(self, output_dir: str | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
+        if self.is_main:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
-            self.save_adapters(output_dir)
             self.processor.save_pretrained(output_dir)
-        self.accelerator.wait_for_everyone()
+        barrier()
+        self.save_adapters(output_dir)
+        barrier()
 
 
 def args_logging(args, iteration: int) -> bool:

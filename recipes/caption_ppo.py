@@ -40,16 +40,15 @@ class ScriptArguments:
     eval_split: str = field(default="test", metadata={"help": "Held-out split for before/after metrics."})
     num_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows."})
     num_eval_samples: int | None = field(default=None, metadata={"help": "Cap on held-out rows."})
-    rewards: list[dict] | None = field(
-        default=None, metadata={"help": "YAML list of {name, weight, kwargs}; default: [{name: cider_d}]."})
     reward_funcs: list[str] | None = field(
-        default=None, metadata={"help": "Command-line alternative to `rewards`: names, module:attr or file.py:attr."})
+        default=None, metadata={"help": "Reward names, module:attr or file.py:attr (weights: --reward_weights). "
+                                        "YAML configs give a `rewards:` list of {name, weight, kwargs} instead."})
+    normalize_rewards: bool = field(
+        default=False, metadata={"help": "Standardise each reward with its running mean and std before weighting."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the policy and critic adapters."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     lora_targets: str = field(default="language", metadata={"help": "'language', 'language+projector' or 'all'."})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: nf4 4-bit frozen base (bitsandbytes)."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Publish the adapter with a model card at the end."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Repo id for --push_to_hub."})
 
 
 DEMO_DEFAULTS = dict(
@@ -61,7 +60,7 @@ DEMO_DEFAULTS = dict(
 
 
 def parse_args(argv: list[str]):
-    """(ScriptArguments, PPOConfig | SCSTConfig): defaults < YAML --config < command line."""
+    """(ScriptArguments, PPOConfig | SCSTConfig, reward specs): defaults < YAML --config < command line."""
     from transformers import HfArgumentParser
 
     from mmft.ppo.config import PPOConfig, SCSTConfig
@@ -72,6 +71,7 @@ def parse_args(argv: list[str]):
         with open(argv[i + 1]) as f:
             config.update(yaml.safe_load(f) or {})
         argv = argv[:i] + argv[i + 2:]
+    reward_specs = config.pop("rewards", None)
     algorithm = config.get("algorithm", "ppo")
     if "--algorithm" in argv:
         algorithm = argv[argv.index("--algorithm") + 1]
@@ -85,17 +85,19 @@ def parse_args(argv: list[str]):
         raise SystemExit(f"Unknown key(s) in the YAML config: {unknown}.")
     parser.set_defaults(**config)
     script_args, train_args = parser.parse_args_into_dataclasses(args=argv)
-    return script_args, train_args
+    if script_args.reward_funcs:  # the command line wins over the YAML list
+        weights = train_args.reward_weights or [1.0] * len(script_args.reward_funcs)
+        reward_specs = [{"name": n, "weight": w} for n, w in zip(script_args.reward_funcs, weights)]
+    return script_args, train_args, reward_specs or [{"name": "cider_d", "weight": 1.0}]
 
 
-def build_rewards(script_args: ScriptArguments, train_dataset):
+def build_rewards(specs: list[dict], train_dataset, normalize: bool):
     """The weighted rewards (a RewardComposer); reference rewards get the training corpus
     (CIDEr-D's document frequencies come from it once, never from the batch)."""
     from mmft.rewards import load_rewards
 
-    specs = script_args.rewards or [{"name": n} for n in (script_args.reward_funcs or ["cider_d"])]
     corpus = train_dataset["references"] if "references" in train_dataset.column_names else None
-    return load_rewards(specs, corpus=corpus)
+    return load_rewards(specs, corpus=corpus, normalize=normalize)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mmft.rl_trainer import default_lora_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    script_args, args = parse_args(sys.argv[1:] if argv is None else argv)
+    script_args, args, reward_specs = parse_args(sys.argv[1:] if argv is None else argv)
 
     # Model and processor (the demo base is built once and cached).
     model_path = script_args.model_name_or_path or str(build_demo_base())
@@ -117,28 +119,28 @@ def main(argv: list[str] | None = None) -> dict:
     # Data and rewards.
     train = load_data(script_args.dataset, script_args.train_split, num_samples=script_args.num_train_samples)
     held_out = load_data(script_args.dataset, script_args.eval_split, num_samples=script_args.num_eval_samples)
-    rewards = build_rewards(script_args, train)
+    rewards = build_rewards(reward_specs, train, script_args.normalize_rewards)
 
     # Trainer, evaluate before, train, evaluate after.
     trainer_class = PPOTrainer if script_args.algorithm == "ppo" else SCSTTrainer
     trainer = trainer_class(model_path, processing_class=processor, args=args, reward_funcs=rewards,
                             train_dataset=train, eval_dataset=held_out, peft_config=peft_config,
                             sft_adapter=script_args.sft_adapter)
-    write_resolved_config(trainer, script_args, args)
+    write_resolved_config(trainer, script_args, args, reward_specs)
     before = strip(trainer.evaluate(held_out))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     after = strip(trainer.evaluate(held_out))
     trainer.save_model(args.output_dir)
 
     results = {"before": before, "after": after}
-    if trainer.accelerator.is_main_process:
+    if trainer.is_main:
         with open(f"{args.output_dir}/eval_results.json", "w") as f:
             json.dump(results, f, indent=2)
         print_table(results, script_args.algorithm)
-        if script_args.push_to_hub:
+        if args.push_to_hub:  # --push_to_hub --hub_model_id USER/NAME
             from mmft.hub import push_adapter
 
-            push_adapter(args.output_dir, script_args.hub_model_id or args.hub_model_id)
+            push_adapter(args.output_dir, args.hub_model_id)
     return results
 
 
@@ -146,8 +148,8 @@ def strip(metrics: dict) -> dict:
     return {k.removeprefix("eval/"): v for k, v in metrics.items()}
 
 
-def write_resolved_config(trainer, script_args, args) -> None:
-    if not trainer.accelerator.is_main_process:
+def write_resolved_config(trainer, script_args, args, reward_specs) -> None:
+    if not trainer.is_main:
         return
     resolved = {
         "model": {"model_name_or_path": trainer.model_name_or_path, "sft_adapter": script_args.sft_adapter,
@@ -157,8 +159,7 @@ def write_resolved_config(trainer, script_args, args) -> None:
                  "eval_split": script_args.eval_split},
         "algorithm": {"algorithm": script_args.algorithm,
                       **{k: v for k, v in args.to_dict().items() if _plain(v)}},
-        "rewards": script_args.rewards or [
-            {"name": n, "weight": w} for n, w in zip(trainer.rewards.names, trainer.rewards.weights)],
+        "rewards": reward_specs,
     }
     with open(f"{args.output_dir}/resolved_config.yaml", "w") as f:
         yaml.safe_dump(resolved, f, sort_keys=False)

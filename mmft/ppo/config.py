@@ -29,7 +29,6 @@ class RLConfig(TrainingArguments):
     logging_steps: float = field(default=1, metadata={"help": "Log every N iterations."})
     save_steps: float = field(default=50, metadata={"help": "Checkpoint every N iterations."})
     eval_steps: float | None = field(default=25, metadata={"help": "Evaluate every N iterations."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "'tensorboard', 'wandb', 'none'."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Micro-batch size per device."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Rewards read every dataset column."})
 

@@ -24,7 +24,6 @@ class RewardModelConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
     eval_steps: float | None = field(default=0, metadata={"help": "Evaluate every N optimizer steps (0: only "
                                                                   "at the end)."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "'tensorboard', 'wandb', 'none'."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every column (image, margin)."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Linear warmup: steps, or a share of them if < 1."})
 

@@ -137,8 +137,8 @@ class RewardModelTrainer:
         g = torch.Generator().manual_seed(args.seed)
         loader = DataLoader(_Indices(len(train_dataset)), batch_size=args.per_device_train_batch_size, shuffle=True,
                             generator=g, collate_fn=lambda idx: self.collate(train_dataset, idx))
-        world = self.accelerator.num_processes
-        steps_per_epoch = max(1, math.ceil(len(train_dataset) / (args.per_device_train_batch_size * world))
+        # The loader sharded over ranks gives the batches per epoch on this rank.
+        steps_per_epoch = max(1, len(self.accelerator.prepare_data_loader(loader))
                               // args.gradient_accumulation_steps)
         self.total_steps = (args.max_steps if args.max_steps > 0
                             else max(1, math.ceil(args.num_train_epochs * steps_per_epoch)))
@@ -227,7 +227,10 @@ class RewardModelTrainer:
             final = self.evaluate()
             self.info.metrics = final
             self.log(final)
-        self.accelerator.end_training()
+        # Not accelerator.end_training(): it destroys the process group, and save_model and
+        # evaluate still need it under DDP.
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
         return self.log_history
 
     def reduce_mean(self, values: dict[str, float]) -> dict[str, float]:

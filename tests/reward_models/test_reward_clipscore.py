@@ -132,3 +132,54 @@ def test_clipscore_contract_lists_of_images_missing_images_and_pickle(tiny_clip)
     )
     with pytest.raises(KeyError, match="'clip_s' needs an `image` column"):
         reward(completions=["a dog"], references=[["a dog"]])
+
+
+def test_siglip_checkpoint_uses_max_length_padding(tmp_path):
+    """A tiny SigLIP: embeddings equal the model's own forward (text padded to max length, as SigLIP
+    was trained), and the score is 2.5 * max(cos, 0) of them."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "</s>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>", model_max_length=16
+    )
+    SiglipProcessor(
+        image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    ).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    text.update(max_position_embeddings=16, pad_token_id=0, eos_token_id=2, bos_token_id=None)
+    vision = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
+    model.save_pretrained(tmp_path)
+
+    images = _images()[:2]
+    cands = ["a dog running", "a red ball"]
+    reward = ClipScore(tmp_path, device="cpu")
+    processor = SiglipProcessor.from_pretrained(tmp_path)
+    texts = [f"A photo depicts {c}" for c in cands]
+    with torch.no_grad():
+        out = model(
+            **processor(text=texts, images=images, padding="max_length", truncation=True, return_tensors="pt")
+        )
+    text_emb = torch.nn.functional.normalize(out.text_embeds, dim=-1).numpy()
+    image_emb = torch.nn.functional.normalize(out.image_embeds, dim=-1).numpy()
+    np.testing.assert_allclose(reward.embed_texts(cands), text_emb, atol=1e-5)
+    np.testing.assert_allclose(reward.embed_images(images), image_emb, atol=1e-5)
+    want = 2.5 * np.maximum((text_emb * image_emb).sum(axis=1), 0)
+    np.testing.assert_allclose(reward(completions=cands, image=images), want, atol=1e-5)

@@ -217,7 +217,5 @@ def test_spice_is_detected_and_skipped_with_a_reason(monkeypatch):
     with pytest.raises(RuntimeError, match="Leave SPICE out"):
         score_captions(["a"], [["a"]], metrics=("SPICE",), tokenize="lower")
     monkeypatch.undo()
-    if not installed:
+    if not installed:  # the note in the report is checked on the CLI run (test_eval_cli.py)
         assert "stanford-corenlp-3.6.0-models.jar" in spice_unavailable_reason()
-        result = score_generated(["a man"], _dataset([REFS[0]]), metrics=None, tokenize="lower")
-        assert "SPICE" not in result.metrics and result.notes[0].startswith("SPICE skipped")

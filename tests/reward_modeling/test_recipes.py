@@ -48,3 +48,26 @@ def test_reward_model_recipe_rejects_unknown_yaml_keys(tmp_path):
     bad.write_text("dataset: x\nnot_a_setting: 1\n")
     with pytest.raises(SystemExit, match="not_a_setting"):
         recipe_main("reward_model")(["--config", str(bad)])
+
+
+def test_dpo_recipe_two_steps_on_an_export(export_dir, tiny_vlm_dir, tmp_path):
+    """TRL's DPOTrainer on the export format: 2 LoRA steps move the adapter (lora_B starts
+    at zero), the saved adapter loads on the base, and held-out DPO metrics are written."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from mmft.models.loading import load_vlm
+
+    out = tmp_path / "dpo"
+    results = recipe_main("caption_dpo")([
+        "--config", str(ROOT / "recipes/configs/dpo.yaml"), "--dataset", str(export_dir),
+        "--model_name_or_path", tiny_vlm_dir("llava"), "--output_dir", str(out), "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--eval_fraction", "0.25", "--use_cpu", "true"])
+    assert results["num_train_pairs"] == 18
+    assert "eval_rewards/accuracies" in results["eval"] and "eval_rewards/margins" in results["eval"]
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)
+    assert not any("vision_tower" in name for name in adapter)
+    PeftModel.from_pretrained(load_vlm(tiny_vlm_dir("llava")), str(out))
+    assert json.loads((out / "eval_results.json").read_text())["num_train_pairs"] == 18

@@ -58,7 +58,10 @@ def _reward_funcs(args: argparse.Namespace, dataset) -> list:
         except ImportError as err:
             raise EvalError("--reward-model needs reward_models.learned.LearnedReward, which this install does not "
                             f"provide ({err}).") from err
-        funcs.append(LearnedReward(args.reward_model))
+        try:  # reads the reward model's config now; the weights load on first use
+            funcs.append(LearnedReward(args.reward_model))
+        except ValueError as err:
+            raise EvalError(f"--reward-model {args.reward_model}: {err}") from err
     if "objects" in dataset.column_names:
         try:
             from reward_models import AttributeReward
@@ -99,6 +102,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Path]:
     dataset = load_data(args.data, args.split, num_samples=args.num_samples, on_error=args.on_error)
     if len(dataset) == 0:
         raise EvalError(f"--data {args.data} --split {args.split} has no samples.")
+    funcs = _reward_funcs(args, dataset)
     # 2. Model: the base, the adapter as "after", the comparison adapter as "before" on the same base.
     processor = load_processor(args.model)
     model = load_vlm(args.model, dtype=args.dtype).to(_device(args.device))
@@ -111,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Path]:
             model.set_adapter("after")
     # 3. Caption and score, after then before, with the same decoding and scorers.
     common = dict(metrics=args.metrics, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                  num_beams=args.num_beams, clip_model=args.clip_model, reward_funcs=_reward_funcs(args, dataset),
+                  num_beams=args.num_beams, clip_model=args.clip_model, reward_funcs=funcs,
                   progress=not args.no_progress)
     result = evaluate_captions(model, processor, dataset, desc="after" if args.adapter else "captioning", **common)
     before = None

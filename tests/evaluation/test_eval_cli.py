@@ -135,6 +135,8 @@ def test_bad_invocations_fail_before_loading_anything(llava_dir, tmp_path, capsy
     (tmp_path / "log_history.jsonl").write_text('{"iteration": 1, "lr": 0.001}\n')
     assert _eval("--model", llava_dir, "--run-dir", str(tmp_path), "--output", str(tmp_path / "o")) == 1
     assert "none of the curve metrics" in capsys.readouterr().err
+    assert _eval("--model", llava_dir, "--reward-model", str(missing), "--output", str(tmp_path / "o")) == 1
+    assert f"--reward-model {missing}: {missing} is not an mmft reward model" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: only one comparison at a time
         _eval("--model", llava_dir, "--adapter", "a", "--before", "--compare-adapter", "b", "--output", "o")
 

@@ -10,6 +10,7 @@ word -> id dictionary lookup.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,21 +19,32 @@ import numpy as np
 _SHIFT = np.int64(32)
 
 
-@dataclass
 class Encoded:
     """A batch of S tokenised sentences, T tokens in all.
 
     Attributes:
         ids: (T,) int64 word ids.
-        sent: (T,) int64 sentence index of each token.
-        pos: (T,) int64 position of each token inside its sentence.
         lengths: (S,) int64 number of tokens per sentence.
+        starts: (S,) int64 offset of each sentence's first token in ``ids``.
+        sent: (T,) int64 sentence index of each token (computed on first use).
+        pos: (T,) int64 position of each token inside its sentence (computed on first use).
     """
 
-    ids: np.ndarray
-    sent: np.ndarray
-    pos: np.ndarray
-    lengths: np.ndarray
+    def __init__(self, ids: np.ndarray, lengths: np.ndarray):
+        self.ids = ids
+        self.lengths = lengths
+        self.starts = np.cumsum(lengths) - lengths
+        self._sent: np.ndarray | None = None
+
+    @property
+    def sent(self) -> np.ndarray:
+        if self._sent is None:
+            self._sent = np.repeat(np.arange(len(self.lengths), dtype=np.int64), self.lengths)
+        return self._sent
+
+    @property
+    def pos(self) -> np.ndarray:
+        return np.arange(len(self.ids), dtype=np.int64) - self.starts[self.sent]
 
 
 def encode(token_lists: Sequence[Sequence[str]], vocab: dict[str, int]) -> Encoded:
@@ -60,38 +72,7 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: dict[str, int]) -> Encod
 
 
 def _finish_encode(ids: np.ndarray, lengths: np.ndarray) -> Encoded:
-    starts = np.cumsum(lengths) - lengths
-    sent = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    pos = np.arange(len(ids), dtype=np.int64) - starts[sent]
-    return Encoded(ids, sent, pos, lengths)
-
-
-def local_ngram_ids(enc: Encoded, n: int) -> list[np.ndarray]:
-    """Dense per-call ids of every k-gram, k = 1..n.
-
-    Returns:
-        list of n arrays of shape (T,): entry [k-1][t] is the id of the k-gram starting at token t,
-        or -1 where it would cross the end of its sentence. Ids of different orders do not overlap.
-    """
-    out = []
-    _, word = np.unique(enc.ids, return_inverse=True)
-    word = word.astype(np.int64)
-    prev = word
-    offset = int(word.max()) + 1 if len(word) else 0
-    out.append(word.copy())
-    remaining = enc.lengths[enc.sent] - enc.pos  # tokens left in the sentence from t on, (T,)
-    for k in range(2, n + 1):
-        ids = np.full(len(word), -1, dtype=np.int64)
-        valid = np.flatnonzero(remaining >= k)
-        if len(valid):
-            keys = (prev[valid] << _SHIFT) | word[valid + k - 1]
-            _, inv = np.unique(keys, return_inverse=True)
-            ids[valid] = inv + offset
-            offset += int(inv.max()) + 1
-        out.append(ids)
-        # the next order's key needs a non-negative prefix id; invalid positions are masked anyway
-        prev = np.where(ids >= 0, ids, 0)
-    return out
+    return Encoded(ids, lengths)
 
 
 def build_tables(enc: Encoded, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -156,30 +137,6 @@ def lookup_global_ids(enc: Encoded, tables: Sequence[np.ndarray]) -> list[np.nda
         out.append(ids)
         prev = ids
     return out
-
-
-def sentence_counts(
-    enc: Encoded, ngram_ids: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Term counts of each sentence's n-grams.
-
-    Returns:
-        (sent, ngram, order, count): four (E,) arrays, one entry per distinct (sentence, n-gram),
-        sorted by sentence then n-gram id; order is 0-based (k - 1).
-    """
-    sents, grams, orders = [], [], []
-    for k, ids in enumerate(ngram_ids):
-        valid = ids >= 0
-        sents.append(enc.sent[valid])
-        grams.append(ids[valid])
-        orders.append(np.full(int(valid.sum()), k, dtype=np.int64))
-    sent = np.concatenate(sents) if sents else np.zeros(0, np.int64)
-    gram = np.concatenate(grams) if grams else np.zeros(0, np.int64)
-    order = np.concatenate(orders) if orders else np.zeros(0, np.int64)
-    span = int(gram.max()) + 1 if len(gram) else 1
-    keys = sent * span + gram
-    uniq, first, count = np.unique(keys, return_index=True, return_counts=True)
-    return uniq // span, uniq % span, order[first], count.astype(np.int64)
 
 
 def gather_ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -373,11 +330,12 @@ def _match_orders_dense(cand: np.ndarray, refs: np.ndarray | None, n: int):
 # Splitting 40k sentences into 440k Python strings and hashing each into a dict costs more than
 # all the counting above. For ASCII text the ids are read off the bytes instead: a token of at
 # most 8 characters is its own id (its bytes as a little-endian uint64: exact, no hashing);
-# only longer tokens (a few percent) go through a dict. Text with non-ASCII characters or NUL
-# bytes falls back to str.split.
+# only longer tokens (a few percent) go through a dict. Text with non-ASCII characters or
+# control characters falls back to str.split.
 
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True  # what str.split() splits on, in ASCII
+# ASCII control characters that str.split() does not treat as whitespace (NUL included): text
+# holding any takes the str.split path, so below every byte <= 32 is a separator.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b]")
 _SHORT = 8
 # keep the low `len` bytes of a little-endian word
 _LEN_MASK = np.array([(1 << (8 * n)) - 1 for n in range(_SHORT)] + [(1 << 64) - 1], dtype=np.uint64)
@@ -389,7 +347,7 @@ def split_ids(strings: Sequence[str], mode: str = "whitespace") -> Encoded:
     if mode not in ("whitespace", "space"):
         raise ValueError(f"unknown split mode {mode!r}")
     joined = ("\n" if mode == "whitespace" else " ").join(strings)
-    if not joined.isascii() or "\x00" in joined:
+    if not joined.isascii() or _CONTROL.search(joined):
         tokens = [s.split() if mode == "whitespace" else s.split(" ") for s in strings]
         return encode(tokens, {})
     raw = joined.encode("ascii")
@@ -398,9 +356,10 @@ def split_ids(strings: Sequence[str], mode: str = "whitespace") -> Encoded:
     lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
     sent_start = np.cumsum(lengths + 1) - lengths - 1  # byte offset of each sentence
     if mode == "whitespace":
+        # with control characters ruled out above, every byte <= 32 is whitespace for str.split()
         body = np.empty(size + 2, dtype=bool)
         body[0] = body[-1] = False
-        np.logical_not(_WHITESPACE.take(buf[:size]), out=body[1:-1])
+        np.greater(buf[:size], 32, out=body[1:-1])
         tok_start = np.flatnonzero(body[1:] & ~body[:-1])
         tok_end = np.flatnonzero(~body[1:] & body[:-1])
     else:
@@ -408,7 +367,6 @@ def split_ids(strings: Sequence[str], mode: str = "whitespace") -> Encoded:
         cuts = np.flatnonzero(buf[:size] == 32)
         tok_start = np.concatenate([[0], cuts + 1])
         tok_end = np.concatenate([cuts, [size]])
-    sent = np.searchsorted(sent_start, tok_start, side="right") - 1
     tok_len = tok_end - tok_start
     # An unaligned uint64 view at every byte offset: words[t] = the 8 bytes starting at t.
     words = np.ndarray(shape=(size + 1,), dtype="<u8", buffer=buf, offset=0, strides=(1,))
@@ -422,5 +380,7 @@ def split_ids(strings: Sequence[str], mode: str = "whitespace") -> Encoded:
             0x80 | (table.setdefault(raw[s:e], len(table)) << 8)
             for s, e in zip(tok_start[long_].tolist(), tok_end[long_].tolist())
         ]
-    counts = np.bincount(sent, minlength=len(strings)).astype(np.int64)
+    # tokens per sentence: where each sentence's first token falls among the (sorted) token starts
+    first_token = np.searchsorted(tok_start, sent_start)
+    counts = np.diff(np.append(first_token, len(tok_start))).astype(np.int64)
     return _finish_encode(ids, counts)

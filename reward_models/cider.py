@@ -228,8 +228,30 @@ class CiderD(ReferenceReward):
             store, starts, lens, norms, cand_new, ref_sent, num_refs, new_starts, cand_idf
         )
 
-    def _score_groups(self, store, starts, lens, norms, cand_sent, ref_sent, num_refs, cand_starts, cand_idf):
-        """Score each group (candidate b with references ref_sent[offsets[b]:offsets[b] + num_refs[b]])."""
+    def _score_groups(
+        self,
+        store: np.ndarray,
+        starts: np.ndarray,
+        lens: np.ndarray,
+        norms: np.ndarray,
+        cand_sent: np.ndarray,
+        ref_sent: np.ndarray,
+        num_refs: np.ndarray,
+        cand_starts: np.ndarray,
+        cand_idf: list[np.ndarray],
+    ) -> np.ndarray:
+        """CIDEr-D of each candidate b against references ref_sent[offsets[b]:offsets[b] + num_refs[b]].
+
+        Args:
+            store: (T,) word ids of every sentence of the call; starts, lens: (S,) their runs.
+            norms: (S, n) tf-idf norms per sentence and order.
+            cand_sent: (B,) sentence of each candidate; ref_sent: (P,) sentence of each reference
+                slot, P = num_refs.sum(); num_refs: (B,).
+            cand_starts, cand_idf: token offsets of the freshly encoded sentences (candidates are
+                among them) and, per order, the idf of the k-gram starting at each of their tokens.
+        Returns:
+            (B,) scores.
+        """
         n = self.n
         num = len(cand_sent)
         r_max = int(num_refs.max())
@@ -277,7 +299,7 @@ class CiderD(ReferenceReward):
 
 
 def _document_frequencies(
-    enc: Encoded, per_token: list[np.ndarray], tables: list[np.ndarray], groups
+    enc: Encoded, per_token: list[np.ndarray], tables: list[np.ndarray], groups: list[np.ndarray]
 ) -> list[np.ndarray]:
     """df per corpus n-gram: the number of images whose reference set contains it (pycocoevalcap
     counts each n-gram once per image, over the union of that image's references)."""

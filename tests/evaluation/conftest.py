@@ -53,6 +53,31 @@ def noop_adapter(llava_dir, tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def reward_model_dir(llava_dir, tmp_path_factory) -> str:
+    """An mmft reward model on the tiny llava: one training step on two preference pairs
+    (enough to write every file `reward_models.learned.LearnedReward` reads)."""
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as ImageFeature
+
+    from mmft.data.synthetic import CAPTION_PROMPT, make_scene, render_scene
+    from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
+
+    path = tmp_path_factory.mktemp("reward-model")
+    scenes = [make_scene(i) for i in range(2)]
+    message = List({"role": Value("string"), "content": Value("string")})
+    pairs = Dataset.from_dict(
+        {"image": [render_scene(s) for s in scenes], "prompt": [[{"role": "user", "content": CAPTION_PROMPT}]] * 2,
+         "chosen": [[{"role": "assistant", "content": s.references[0]}] for s in scenes],
+         "rejected": [[{"role": "assistant", "content": "noise noise"}] for _ in scenes]},
+        features=Features({"image": ImageFeature(), "prompt": message, "chosen": message, "rejected": message}))
+    trainer = RewardModelTrainer(llava_dir, train_dataset=pairs, args=RewardModelConfig(
+        output_dir=str(path), max_steps=1, per_device_train_batch_size=2, logging_steps=1, seed=0))
+    trainer.train()
+    trainer.save_model()
+    return str(path)
+
+
 def write_log(path, entries: list[dict]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         for e in entries:

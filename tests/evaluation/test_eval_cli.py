@@ -124,6 +124,24 @@ def test_compare_adapter_evaluates_the_other_adapter_as_before(llava_dir, lora_a
     assert info["adapter"] == lora_adapter and info["before"] == noop_adapter
 
 
+def test_reward_model_scores_are_learned_reward_on_the_captions(llava_dir, reward_model_dir, tmp_path):
+    from mmft.data.loaders import load_data
+    from reward_models.learned import LearnedReward
+
+    out = tmp_path / "eval-rm"
+    assert _eval("--model", llava_dir, "--reward-model", reward_model_dir, "--metrics", "CIDEr",
+                 "--output", str(out)) == 0
+    rows = _captions(out)
+    results = json.loads((out / "eval_results.json").read_text())
+    dataset = load_data("synthetic", "test", num_samples=N)
+    direct = LearnedReward(reward_model_dir)(
+        prompts=dataset["prompt"], completions=[[{"role": "assistant", "content": r["caption"]}] for r in rows],
+        image=dataset["image"])
+    assert [r["scores"]["reward/learned"] for r in rows] == pytest.approx(direct, abs=1e-5)
+    assert results["reward/learned"] == pytest.approx(sum(direct) / N, abs=1e-5)
+    assert "| reward/learned |" in (out / "report.md").read_text()
+
+
 def test_bad_invocations_fail_before_loading_anything(llava_dir, tmp_path, capsys):
     assert _eval("--model", llava_dir, "--before", "--output", str(tmp_path / "o")) == 1
     assert "--before and --compare-adapter compare against --adapter" in capsys.readouterr().err

@@ -123,7 +123,8 @@ class Meteor(ReferenceReward):
             for hyp, refs in zip(candidates[lo : lo + _CHUNK], references[lo : lo + _CHUNK]):
                 # pycocoevalcap's _stat: the hypothesis loses "|||" and double spaces
                 hyp = hyp.replace("|||", "").replace("  ", " ")
-                line = " ||| ".join(("SCORE", " ||| ".join(refs), hyp))
+                # a "|||" inside a reference would shift the fields (pycocoevalcap does not guard it)
+                line = " ||| ".join(("SCORE", " ||| ".join(r.replace("|||", "") for r in refs), hyp))
                 lines.append(line.replace("\n", " ").replace("\r", " ") + "\n")
             proc.stdin.write("".join(lines).encode("utf-8"))
             proc.stdin.flush()
@@ -149,7 +150,17 @@ class Meteor(ReferenceReward):
             except (BrokenPipeError, ValueError, OSError):
                 # the JVM died (killed, out of memory) or replied garbage: start afresh, retry once
                 _close(self._holder)
-                return self._run(candidates, references)
+                try:
+                    return self._run(candidates, references)
+                except (BrokenPipeError, ValueError, OSError) as err:
+                    proc = self._holder["proc"]
+                    code = None if proc is None else proc.poll()
+                    _close(self._holder)
+                    raise RuntimeError(
+                        f"reward {self.__name__!r}: the METEOR JVM (java -Xmx{self.max_memory} -jar {self.jar}) failed "
+                        f"twice (exit code {code}): {err!r}. Check that Java runs and has {self.max_memory} of memory "
+                        f"(Meteor(max_memory=...))"
+                    ) from err
 
     def score(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
         """Per-sample METEOR, (B,) float64."""

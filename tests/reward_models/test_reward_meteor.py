@@ -66,3 +66,10 @@ def test_meteor_matches_pycocoevalcap_and_survives_a_killed_jvm(meteor, leave_on
 def test_meteor_pickles_without_its_process(meteor):
     clone = pickle.loads(pickle.dumps(meteor))
     assert clone.__name__ == "meteor" and clone.pid is None  # starts lazily in the new owner
+
+
+def test_meteor_jvm_that_cannot_start_is_a_clear_error():
+    broken = Meteor(max_memory="1k")  # the JVM refuses a 1 KB heap
+    with pytest.raises(RuntimeError, match=r"reward 'meteor': the METEOR JVM .* failed twice"):
+        broken.score(["a dog"], [["a dog runs"]])
+    assert broken.pid is None

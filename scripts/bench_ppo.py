@@ -1,0 +1,455 @@
+"""mmft PPO against TRL's GRPOTrainer on the same VLM, data, batch and budget (issue 3).
+
+    python scripts/bench_ppo.py --json bench_ppo.json            # ~15 min on 2 CPU cores
+    python scripts/bench_ppo.py --json /tmp/b.json --quick       # tiny random VLM, ~30 s (smoke test)
+
+Three tables:
+
+1. Throughput and peak memory, like for like. mmft PPO (LoRA policy + LoRA critic +
+   value head on one frozen base, reference = adapter disabled) and TRL GRPO (LoRA,
+   reference = adapter disabled) on the demo base model (small LLaVA, `mmft.demo`),
+   synthetic captions, CIDEr-D reward. Same completions per iteration (mmft: B prompts x 1
+   sample; GRPO: B/k prompts x k samples), same micro-batch and accumulation, same
+   completion length, temperature, LoRA, learning rate, KL on for both (mmft k1 with
+   kl_coef, GRPO k3 with beta), one optimisation epoch and one optimizer step per
+   iteration (mmft num_ppo_epochs=1, num_mini_batches=1; GRPO num_iterations=1,
+   steps_per_generation=gradient_accumulation_steps), gradient checkpointing off and
+   float32 for both. samples/s = completions per iteration / median iteration wall time
+   (time between consecutive iteration ends, the first iteration dropped as warm-up).
+   Each run is its own child process, so its peak RSS (getrusage ru_maxrss in the
+   child) is its own; the systems alternate A B B A ... so CPU contention from other
+   jobs on the machine hits both alike; the table reports medians over repeats.
+   Targets (issue 3): speed_ratio = mmft / GRPO samples/s >= 0.9; memory_ratio = peak
+   RSS mmft / GRPO <= 1.2.
+
+2. Held-out CIDEr-D (pycocoevalcap, greedy captions, synthetic test split) after the
+   same sample budget for mmft PPO, mmft SCST (greedy baseline) and TRL GRPO, each
+   rewarded by reward_models.CiderD with the training corpus' document frequencies.
+   Every system is evaluated by the same greedy-decoding code (mmft.rollout.generate).
+   Target: PPO >= GRPO.
+
+3. PPO iteration vs LoRA SFT step peak memory (target <= 1.3x) and the naive
+   separate-copies figure: measured by scripts/bench_memory.py (run with
+   `--models demo` for the demo base); this script runs that measurement too unless
+   --skip-memory, so its JSON holds `ppo_over_sft` and `naive_over_sft`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_common import (  # noqa: E402
+    finite,
+    machine_description,
+    median,
+    peak_rss_mib,
+    run_child,
+    table,
+    write_child_result,
+)
+
+SCRIPT = Path(__file__).resolve()
+
+# Default (full) and --quick settings. `batch` = completions per iteration.
+FULL = dict(
+    micro_batch=16, grad_accum=2, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
+    kl_coef=0.02, lora_r=16, lora_alpha=32, seed=0, train_scenes=2000,
+    speed_iterations=4, repeats=2,  # + 1 warm-up iteration per run
+    quality_iterations=16, quality_epochs=2, eval_scenes=200, eval_batch=50,
+)
+QUICK = dict(
+    micro_batch=4, grad_accum=1, num_generations=2, max_new_tokens=6, temperature=1.0, learning_rate=1e-3,
+    kl_coef=0.02, lora_r=8, lora_alpha=16, seed=0, train_scenes=32,
+    speed_iterations=2, repeats=1,
+    quality_iterations=1, quality_epochs=1, eval_scenes=8, eval_batch=8,
+)
+
+
+# ---------------------------------------------------------------------------------- children
+def _load_data(s: dict):
+    from mmft.data.synthetic import load_synthetic_captions
+
+    return load_synthetic_captions("train", s["train_scenes"])
+
+
+def _reward(train):
+    from reward_models import CiderD
+
+    return CiderD(train["references"])
+
+
+def _lora(s: dict):
+    from mmft.rl_trainer import default_lora_config
+
+    return default_lora_config("language", s["lora_r"], s["lora_alpha"])
+
+
+def mmft_config(kind: str, s: dict, out: str, iterations: int, epochs: int):
+    from mmft import PPOConfig, SCSTConfig
+
+    common = dict(
+        output_dir=out, per_device_train_batch_size=s["micro_batch"], gradient_accumulation_steps=s["grad_accum"],
+        num_mini_batches=1, num_ppo_epochs=epochs, max_steps=iterations, max_new_tokens=s["max_new_tokens"],
+        temperature=s["temperature"], learning_rate=s["learning_rate"], eval_steps=0, save_steps=0,
+        logging_steps=1, seed=s["seed"], num_sample_captions=0, gradient_checkpointing=False, bf16=False,
+        use_cpu=True,
+    )
+    if kind == "mmft_ppo":
+        return PPOConfig(kl_coef=s["kl_coef"], **common)
+    return SCSTConfig(baseline="greedy", num_generations=1, kl_coef=0.0, **common)
+
+
+def grpo_config(s: dict, out: str, iterations: int, epochs: int):
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=out, per_device_train_batch_size=s["micro_batch"], gradient_accumulation_steps=s["grad_accum"],
+        steps_per_generation=s["grad_accum"], num_generations=s["num_generations"], num_iterations=epochs,
+        # max_steps counts optimizer steps: one generation feeds `num_iterations` of them.
+        max_steps=iterations * epochs, max_completion_length=s["max_new_tokens"], temperature=s["temperature"],
+        learning_rate=s["learning_rate"], beta=s["kl_coef"], adam_epsilon=1e-5, logging_steps=1,
+        save_strategy="no", report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
+        disable_dropout=True, seed=s["seed"], dataloader_num_workers=0,
+    )
+
+
+def build_trainer(kind: str, model_path: str, s: dict, train, reward, out: str, iterations: int, epochs: int):
+    from mmft.models.loading import load_processor
+
+    processor = load_processor(model_path)
+    if kind in ("mmft_ppo", "mmft_scst"):
+        from mmft import PPOTrainer, SCSTTrainer
+
+        cls = PPOTrainer if kind == "mmft_ppo" else SCSTTrainer
+        return cls(model_path, processing_class=processor, args=mmft_config(kind, s, out, iterations, epochs),
+                   reward_funcs=[reward], train_dataset=train, peft_config=_lora(s))
+    from trl import GRPOTrainer
+
+    return GRPOTrainer(model=model_path, reward_funcs=[reward], args=grpo_config(s, out, iterations, epochs),
+                       train_dataset=train, processing_class=processor, peft_config=_lora(s))
+
+
+def train_timed(kind: str, trainer) -> list[float]:
+    """Run training; return the wall-clock time at the end of every iteration
+    (mmft: after each iteration's log; GRPO: at each optimizer step's end)."""
+    ends = [time.perf_counter()]
+    if kind.startswith("mmft"):
+        original = trainer.log
+
+        def log(metrics):
+            original(metrics)
+            ends.append(time.perf_counter())
+
+        trainer.log = log
+        trainer.train()
+    else:
+        from transformers import TrainerCallback
+
+        class StepClock(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                ends.append(time.perf_counter())
+
+        trainer.add_callback(StepClock())
+        trainer.train()
+    return ends
+
+
+def policy_for_generation(kind: str, trainer):
+    """The trained policy as a generate()-able module (policy adapter active)."""
+    if kind.startswith("mmft"):
+        from mmft.models.roles import POLICY
+
+        roles = trainer.unwrapped
+        roles.activate(POLICY)
+        return roles.policy
+    return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def greedy_eval(model, processor, dataset, batch_size: int) -> dict[str, float]:
+    """Greedy captions with mmft's collator and generate (identical for every system),
+    scored with pycocoevalcap over the split (CIDEr-D, BLEU-4)."""
+    import torch
+
+    from mmft.data.collator import VLMCollator
+    from mmft.evaluation.metrics import caption_metrics
+    from mmft.rollout import decode_responses, generate, stop_token_ids
+
+    tok = processor.tokenizer
+    tok.padding_side = "left"
+    stops = stop_token_ids(model.generation_config, tok)
+    collator = VLMCollator(processor)
+    was_training = model.training
+    model.eval()
+    texts = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            idx = list(range(start, min(start + batch_size, len(dataset))))
+            batch = collator([dataset[i] for i in idx], idx)
+            ro = generate(model, batch, max_new_tokens=32, stop_ids=stops, pad_id=tok.pad_token_id, do_sample=False)
+            texts += decode_responses(tok, ro.response_ids, ro.response_mask)
+    model.train(was_training)
+    metrics = caption_metrics(texts, dataset["references"], metrics=("CIDEr", "Bleu_4"))
+    return {**metrics, "examples": texts[:3]}
+
+
+def child_speed(spec: dict) -> dict:
+    """One system, warm-up + timed iterations; samples/s and this process's peak RSS."""
+    import torch
+
+    s, kind = spec["settings"], spec["system"]
+    train = _load_data(s)
+    reward = _reward(train)
+    batch = s["micro_batch"] * s["grad_accum"]
+    with tempfile.TemporaryDirectory() as out:
+        trainer = build_trainer(kind, spec["model"], s, train, reward, out, s["speed_iterations"] + 1, 1)
+        profiler = None
+        if spec.get("profile"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        ends = train_timed(kind, trainer)
+        if profiler is not None:
+            profiler.disable()
+            _dump_profile(profiler, spec["profile"])
+    steps = [b - a for a, b in zip(ends, ends[1:])]
+    timed = steps[1:]  # the first iteration includes warm-up (allocator, lazy imports)
+    return {
+        "system": kind, "iterations": len(steps), "completions_per_iteration": batch,
+        "iteration_s": steps, "samples_per_s": batch / median(timed), "peak_rss_mib": peak_rss_mib(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _dump_profile(profiler, path: str) -> None:
+    import io
+    import pstats
+
+    buf = io.StringIO()
+    pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(60)
+    Path(path).write_text(buf.getvalue())
+
+
+def child_quality(spec: dict) -> dict:
+    """Base model, then each system trained for the same sample budget, each evaluated on
+    the held-out split by `greedy_eval`. Systems run one after another in this process."""
+    import torch
+
+    from mmft.data.synthetic import load_synthetic_captions
+    from mmft.models.loading import load_processor, load_vlm
+
+    s = spec["settings"]
+    train = _load_data(s)
+    test = load_synthetic_captions("test", s["eval_scenes"])
+    reward = _reward(train)
+    batch = s["micro_batch"] * s["grad_accum"]
+    iters, epochs = s["quality_iterations"], s["quality_epochs"]
+    results = {}
+    processor = load_processor(spec["model"])
+    base = load_vlm(spec["model"])
+    t0 = time.time()
+    results["base"] = {**greedy_eval(base, processor, test, s["eval_batch"]), "train_s": 0.0, "samples": 0,
+                       "eval_s": time.time() - t0}
+    del base
+    for kind in spec["systems"]:
+        torch.manual_seed(s["seed"])
+        # SCST's REINFORCE update is one pass (SCSTConfig's default); PPO and GRPO reuse each batch `epochs` times.
+        sys_epochs = 1 if kind == "mmft_scst" else epochs
+        with tempfile.TemporaryDirectory() as out:
+            trainer = build_trainer(kind, spec["model"], s, train, reward, out, iters, sys_epochs)
+            t0 = time.time()
+            trainer.train()
+            train_s = time.time() - t0
+            t0 = time.time()
+            metrics = greedy_eval(policy_for_generation(kind, trainer), processor, test, s["eval_batch"])
+        results[kind] = {**metrics, "train_s": train_s, "samples": iters * batch, "epochs": sys_epochs,
+                         "eval_s": time.time() - t0}
+        del trainer
+    return results
+
+
+# ---------------------------------------------------------------------------------- parent
+def prepare_model(quick: bool, workdir: str) -> tuple[str, str]:
+    if quick:
+        from mmft.testing import make_tiny_vlm
+
+        path = Path(workdir) / "tiny-llava"
+        make_tiny_vlm("llava", path)
+        return str(path), "tiny random llava (mmft.testing.make_tiny_vlm, quick mode)"
+    from mmft.demo import build_demo_base
+
+    return str(build_demo_base()), "mmft demo base (LLaVA architecture, 192-d x 4-layer LM, SFT on synthetic captions)"
+
+
+CHILD_TASKS = {"speed": child_speed, "quality": child_quality}
+
+
+def run_speed(model: str, s: dict, log, profile_dir: str | None, in_process: dict | None = None) -> dict:
+    order = []
+    for r in range(s["repeats"]):
+        order += ["mmft_ppo", "trl_grpo"] if r % 2 == 0 else ["trl_grpo", "mmft_ppo"]
+    runs: dict[str, list[dict]] = {"mmft_ppo": [], "trl_grpo": []}
+    for i, kind in enumerate(order):
+        spec = {"task": "speed", "system": kind, "model": model, "settings": s}
+        if profile_dir and len(runs[kind]) == 0:
+            spec["profile"] = str(Path(profile_dir) / f"profile_{kind}.txt")
+        res = run_child(SCRIPT, spec, in_process=in_process)
+        runs[kind].append(res)
+        log(f"  [{i + 1}/{len(order)}] {kind}: {res['samples_per_s']:.2f} samples/s, "
+            f"peak RSS {res['peak_rss_mib']:.0f} MiB (iterations {', '.join(f'{t:.1f}s' for t in res['iteration_s'])})")
+    summary = {k: {"samples_per_s": median([r["samples_per_s"] for r in v]),
+                   "peak_rss_mib": median([r["peak_rss_mib"] for r in v]),
+                   "samples_per_s_runs": [r["samples_per_s"] for r in v],
+                   "peak_rss_mib_runs": [r["peak_rss_mib"] for r in v],
+                   "iteration_s_runs": [r["iteration_s"] for r in v]} for k, v in runs.items()}
+    return {"order": order, "systems": summary}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", required=False, help="Write the results here.")
+    p.add_argument("--quick", action="store_true", help="Tiny random VLM and a few steps (smoke test).")
+    p.add_argument("--model", help="VLM folder to benchmark (default: the demo base; --quick: a tiny llava).")
+    p.add_argument("--repeats", type=int, help="Speed runs per system (alternating).")
+    p.add_argument("--speed-iterations", type=int, help="Timed iterations per speed run (+1 warm-up).")
+    p.add_argument("--quality-iterations", type=int, help="Iterations of the CIDEr-D comparison.")
+    p.add_argument("--eval-scenes", type=int, help="Held-out test scenes for CIDEr-D.")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--skip-memory", action="store_true", help="Skip the PPO-vs-SFT memory figure (bench_memory).")
+    p.add_argument("--profile-dir", help="cProfile the first speed run of each system; write the top functions here.")
+    p.add_argument("--in-process", action="store_true",
+                   help="Run every measurement in this process (no isolation: memory figures are not comparable; "
+                        "the default with --quick, for the smoke test). --isolated forces child processes.")
+    p.add_argument("--isolated", action="store_true", help="Child processes even with --quick.")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+
+    if a.child:
+        spec = json.loads(a.child)
+        result = CHILD_TASKS[spec["task"]](spec)
+        write_child_result(a.child_out, result)
+        return result
+
+    s = dict(QUICK if a.quick else FULL)
+    for key in ("repeats", "speed_iterations", "quality_iterations", "eval_scenes"):
+        if getattr(a, key) is not None:
+            s[key] = getattr(a, key)
+    batch = s["micro_batch"] * s["grad_accum"]
+    if batch % s["num_generations"]:
+        raise SystemExit(f"completions per iteration ({batch}) must be a multiple of num_generations.")
+    t_start = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - t_start:6.0f}s] {msg}", flush=True)
+
+    in_process = CHILD_TASKS if (a.in_process or a.quick) and not a.isolated else None
+    workdir = tempfile.mkdtemp(prefix="mmft-bench-ppo-")
+    if a.model:
+        model, model_desc = a.model, a.model
+    else:
+        model, model_desc = prepare_model(a.quick, workdir)
+    results: dict = {
+        "machine": machine_description(), "model": model_desc, "settings": s,
+        "command": "python scripts/bench_ppo.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "isolated": in_process is None,
+        "method": ("Each measurement in its own child process; speed runs alternate mmft/GRPO (A B B A ...) so "
+                   "contention from other jobs hits both alike; figures are medians over repeats. samples/s = "
+                   "completions per iteration / median iteration wall time, first iteration dropped. Peak memory "
+                   "= getrusage(RUSAGE_SELF).ru_maxrss of the child (whole process: Python, torch, data, model)."),
+    }
+    log(f"model: {model_desc}; {batch} completions/iteration "
+        f"(mmft PPO: {batch} prompts x 1; GRPO: {batch // s['num_generations']} prompts x {s['num_generations']})")
+
+    if not a.skip_speed:
+        log(f"speed: {s['repeats']} run(s) per system, alternating, {s['speed_iterations']} timed iterations each")
+        speed = run_speed(model, s, log, a.profile_dir, in_process)
+        m, g = speed["systems"]["mmft_ppo"], speed["systems"]["trl_grpo"]
+        results["speed"] = speed
+        results["speed_ratio"] = m["samples_per_s"] / g["samples_per_s"]
+        results["memory_ratio"] = m["peak_rss_mib"] / g["peak_rss_mib"]
+        results["targets"] = {"speed_ratio>=0.9": results["speed_ratio"] >= 0.9,
+                              "memory_ratio<=1.2": results["memory_ratio"] <= 1.2}
+
+    if not a.skip_quality:
+        log(f"quality: base, mmft PPO, mmft SCST, TRL GRPO; {s['quality_iterations']} iterations x {batch} "
+            f"completions each; held-out CIDEr-D on {s['eval_scenes']} test scenes")
+        q = run_child(SCRIPT, {"task": "quality", "model": model, "settings": s,
+                               "systems": ["mmft_ppo", "mmft_scst", "trl_grpo"]}, in_process=in_process)
+        q.pop("child_wall_s", None)
+        results["quality"] = q
+        results.setdefault("targets", {})["cider_ppo>=grpo"] = q["mmft_ppo"]["CIDEr"] >= q["trl_grpo"]["CIDEr"]
+        for k, v in q.items():
+            log(f"  {k}: CIDEr-D {v['CIDEr']:.4f}  BLEU-4 {v['Bleu_4']:.4f}  e.g. {v['examples'][0]!r}")
+
+    if not a.skip_memory:
+        log("memory: PPO iteration vs LoRA SFT step vs naive copies (scripts/bench_memory.py)")
+        import bench_memory
+
+        mem = bench_memory.measure_model("demo" if not a.quick else "tiny-llava", model,
+                                         bench_memory.settings(a.quick), modes=("sft", "ppo", "naive"), log=log,
+                                         in_process=bench_memory.CHILD_TASKS if in_process else None)
+        results["memory"] = mem
+        results.setdefault("targets", {})["ppo_over_sft<=1.3"] = mem["ppo_over_sft"] <= 1.3
+
+    results["total_s"] = time.time() - t_start
+    results["all_finite"] = finite({k: results[k] for k in ("speed_ratio", "memory_ratio") if k in results})
+    print()
+    print(render(results))
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+        log(f"wrote {a.json}")
+    return results
+
+
+def render(r: dict) -> str:
+    out = [f"mmft PPO vs TRL GRPO on {r['model']}"]
+    if not r["isolated"]:
+        out.append("WARNING: measured in one process (--in-process/--quick): memory figures are not comparable.")
+    out += [f"machine: {r['machine']['cpu']}, "
+           f"{r['machine']['cpu_cores_usable']} cores, torch {r['machine']['torch']}, trl {r['machine']['trl']}, "
+           f"{r['machine']['date_utc']}", ""]
+    s = r["settings"]
+    batch = s["micro_batch"] * s["grad_accum"]
+    if "speed" in r:
+        sp = r["speed"]["systems"]
+        rows = []
+        for k, name in (("mmft_ppo", "mmft PPO (policy + critic + value head, 1 base)"), ("trl_grpo", "TRL GRPO")):
+            v = sp[k]
+            rows.append([name, v["samples_per_s"], " ".join(f"{x:.2f}" for x in v["samples_per_s_runs"]),
+                         v["peak_rss_mib"]])
+        out.append(f"Throughput, like for like ({batch} completions/iteration, max {s['max_new_tokens']} new tokens, "
+                   f"1 epoch, KL on; medians of {s['repeats']} alternating runs):")
+        out.append(table(["system", "samples/s", "runs", "peak RSS MiB"], rows, "{:.2f}"))
+        out.append(f"speed_ratio = {r['speed_ratio']:.3f} (target >= 0.9: "
+                   f"{'met' if r['targets']['speed_ratio>=0.9'] else 'MISSED'}); memory_ratio = "
+                   f"{r['memory_ratio']:.3f} (target <= 1.2: {'met' if r['targets']['memory_ratio<=1.2'] else 'MISSED'})")
+        out.append("")
+    if "quality" in r:
+        q = r["quality"]
+        names = {"base": "base model (before RL)", "mmft_ppo": "mmft PPO", "mmft_scst": "mmft SCST (greedy baseline)",
+                 "trl_grpo": "TRL GRPO"}
+        rows = [[names[k], v["CIDEr"], v["Bleu_4"], v["samples"], v.get("epochs", ""), v["train_s"]]
+                for k, v in q.items()]
+        out.append(f"Held-out CIDEr-D ({s['eval_scenes']} test scenes, greedy, pycocoevalcap), same sample budget "
+                   f"({s['quality_iterations']} iterations x {batch} completions), reward CiderD (train-corpus df):")
+        out.append(table(["system", "CIDEr-D", "BLEU-4", "samples", "epochs", "train s"], rows, "{:.4g}"))
+        met = r["targets"]["cider_ppo>=grpo"]
+        out.append(f"PPO >= GRPO: {'met' if met else 'MISSED'}")
+        out.append("")
+    if "memory" in r:
+        import bench_memory
+
+        out.append(bench_memory.render_rows([r["memory"]]))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Smoke test of the benchmark scripts: each runs end to end with --quick (a tiny random
+VLM, a few steps, every measurement in one process) and writes the JSON keys that
+BENCHMARKS.md quotes, with finite numbers. The figures themselves are not checked:
+they come from `python scripts/bench_ppo.py --json OUT` and `scripts/bench_memory.py`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_bench_ppo_quick(tmp_path):
+    out = tmp_path / "ppo.json"
+    _load("bench_ppo").main(["--quick", "--skip-memory", "--json", str(out)])
+    r = json.loads(out.read_text())
+    for key in ("speed_ratio", "memory_ratio", "speed", "quality", "targets", "machine", "settings", "command"):
+        assert key in r, key
+    assert _finite(r["speed_ratio"]) and r["speed_ratio"] > 0
+    assert _finite(r["memory_ratio"]) and r["memory_ratio"] > 0
+    for system in ("mmft_ppo", "trl_grpo"):
+        v = r["speed"]["systems"][system]
+        assert _finite(v["samples_per_s"]) and v["samples_per_s"] > 0
+        assert _finite(v["peak_rss_mib"]) and v["peak_rss_mib"] > 0
+    for system in ("base", "mmft_ppo", "mmft_scst", "trl_grpo"):
+        assert _finite(r["quality"][system]["CIDEr"]), system
+        assert _finite(r["quality"][system]["Bleu_4"]), system
+    assert set(r["targets"]) == {"speed_ratio>=0.9", "memory_ratio<=1.2", "cider_ppo>=grpo"}
+
+
+def test_bench_memory_quick(tmp_path):
+    out = tmp_path / "mem.json"
+    _load("bench_memory").main(["--quick", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert r["models"] and r["models"][0]["model"] == "tiny-llava"
+    m = r["models"][0]
+    v = m["variants"]["float32"]
+    for key in ("sft", "ppo", "naive", "ppo_over_sft", "naive_over_sft"):
+        assert _finite(v[key]) and v[key] > 0, key
+    assert _finite(m["ppo_over_sft"]) and _finite(m["naive_over_sft"])
+    assert m["parameters"] and m["parameters"] > 0
+    assert r["all_finite"] is True

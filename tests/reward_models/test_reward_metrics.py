@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -213,3 +214,26 @@ def test_reward_errors_name_the_reward():
         Bleu()(completions=["a"], references=[["a"], ["b"]])
     with pytest.raises(TypeError, match="'rouge_l': references of sample 0"):
         RougeL()(completions=["a"], references=[[1, 2]])
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="needs `java` for pycocoevalcap's PTBTokenizer")
+def test_default_python_tokenizer_reproduces_the_coco_pipeline_on_raw_captions(flickr8k):
+    """Raw captions: pycocoevalcap's PTBTokenizer (Java) + Cider/Bleu/Rouge versus reward_models with
+    its default pure-Python tokenizer, and with tokenizer="ptb"; 500 images."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    images = list(flickr8k)[:500]
+    cands = [flickr8k[i][0] for i in images]
+    refs = [flickr8k[i][1:5] for i in images]
+    tok = PTBTokenizer()
+    gts = tok.tokenize({k: [{"caption": c} for c in r] for k, r in enumerate(refs)})
+    res = tok.tokenize({k: [{"caption": c}] for k, c in enumerate(cands)})
+    coco_cider = CocoCider().compute_score(gts, res)[1]
+    for tokenizer in ("python", "ptb"):
+        np.testing.assert_allclose(
+            CiderD(refs, tokenizer=tokenizer, cache_dir=False).score(cands, refs), coco_cider, atol=1e-9
+        )
+    np.testing.assert_allclose(
+        Bleu().score(cands, refs), np.array(CocoBleu(4).compute_score(gts, res, verbose=0)[1]).T, atol=1e-9
+    )
+    np.testing.assert_allclose(RougeL().score(cands, refs), CocoRouge().compute_score(gts, res)[1], atol=1e-9)

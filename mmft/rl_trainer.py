@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from mmft.data.collator import PromptBatch, VLMCollator
@@ -139,9 +139,15 @@ class RLTrainer:
             num_training_steps=self.num_optimizer_steps,
         )
         self.zero_stage = self._configure_deepspeed()
+        if self.zero_stage == 3:
+            self.model.enable_dummy_vision(self._blank_image_inputs())
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper
         # would step it once per process).
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if distributed()[1] > 1 and self.accelerator.distributed_type == DistributedType.NO:
+            # Ranks launched (torchrun on CPU) but accelerate saw one process and did not
+            # wrap the model: without DDP each rank would train its own copy.
+            self.model = torch.nn.parallel.DistributedDataParallel(self.model)
         self._check_ranks_agree()
         self.kl_ctl = (core.AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon)
                        if args.kl_target is not None else core.FixedKLController(args.kl_coef))
@@ -176,6 +182,16 @@ class RLTrainer:
                              "separate backbone's reentrant checkpointing hangs when ranks skip it. Use the shared "
                              "critic or ZeRO-2.")
         return stage
+
+    def _blank_image_inputs(self) -> dict[str, torch.Tensor]:
+        """The processor's image tensors for one blank image (see ActorCritic.dummy_image_inputs)."""
+        from PIL import Image
+
+        from mmft.models.arch import SEQUENCE_KEYS
+
+        row = {"prompt": "x", "image": Image.new("RGB", (64, 64))}
+        enc = self.collator.encode_row(row, -1)
+        return {k: v for k, v in enc.items() if k not in SEQUENCE_KEYS}
 
     def _check_ranks_agree(self) -> None:
         """Ranks that disagree on the data or the model would hang at the first collective

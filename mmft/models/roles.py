@@ -80,8 +80,31 @@ class ActorCritic(nn.Module):
         source = critic_model if critic_model is not None else peft_model
         self.value_head = ValueHead(text_hidden_size(source.config)) if with_critic else None
         # The head stays float32 whatever the base's dtype: values feed GAE and the value loss.
+        # Set by the trainer under ZeRO-3: image inputs of one blank image, run through the
+        # vision tower when a batch has none, so every rank gathers the same parameters.
+        self.dummy_image_inputs: dict[str, torch.Tensor] | None = None
+        self._text_only_batch = False
         self.has_ref_adapter = REF in getattr(peft_model, "peft_config", {})
         self._trainable_adapters = [a for a in (POLICY, VALUE) if a in getattr(peft_model, "peft_config", {})]
+
+    def enable_dummy_vision(self, image_inputs: dict[str, torch.Tensor]) -> None:
+        """Under ZeRO-3, run the vision tower on `image_inputs` (one blank image) whenever a
+        batch has no image. ZeRO-3 gathers each module's parameters collectively as it
+        runs, so every rank must run the same modules in the same order: the dummy pass is
+        a pre-hook of the language model, the point where image features are computed
+        in a batch that has images (after the token embeddings, before the decoder)."""
+        self.dummy_image_inputs = image_inputs
+        vlm = inner_model(self.policy)
+        language_model = getattr(vlm, "language_model", None) or vlm.text_model
+
+        def hook(module, args, kwargs):
+            if self._text_only_batch:
+                self._text_only_batch = False
+                device = next(module.parameters()).device
+                with torch.no_grad():
+                    vlm.get_image_features(**{k: v.to(device) for k, v in self.dummy_image_inputs.items()})
+
+        language_model.register_forward_pre_hook(hook, with_kwargs=True)
 
     @property
     def config(self):
@@ -173,7 +196,9 @@ class ActorCritic(nn.Module):
         Returns `logits` [B, R, V] for "policy" and "ref", `values` [B, R] for "value".
         """
         out: dict[str, torch.Tensor] = {}
+        text_only = self.dummy_image_inputs is not None and "pixel_values" not in inputs
         for role in roles:
+            self._text_only_batch = text_only  # consumed by the dummy-vision hook, once per model call
             if role == POLICY:
                 self.activate(POLICY)
                 out["logits"] = response_logits(self.policy, inputs, prompt_length, response_length, temperature)

@@ -113,14 +113,6 @@ def _lora(spec):
     return default_lora_config("language", spec["lora_r"], spec["lora_alpha"])
 
 
-def _prepare_kbit(model, spec):
-    if spec.get("load_in_4bit"):
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model
-
-
 def mode_sft(spec: dict) -> dict:
     """One LoRA SFT step: prompt + `max_new_tokens` target tokens, loss on the targets."""
     import torch
@@ -134,7 +126,7 @@ def mode_sft(spec: dict) -> dict:
 
     B, R = spec["batch"], spec["max_new_tokens"]
     processor = load_processor(spec["model"])
-    model = _prepare_kbit(_load(spec["model"], spec["dtype"], spec.get("load_in_4bit", False)), spec)
+    model = _load(spec["model"], spec["dtype"], spec.get("load_in_4bit", False))
     freeze_vision_tower(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -204,7 +196,7 @@ def mode_naive(spec: dict) -> dict:
     tok = processor.tokenizer
 
     def frozen():
-        m = _prepare_kbit(_load(spec["model"], spec["dtype"], spec.get("load_in_4bit", False)), spec)
+        m = _load(spec["model"], spec["dtype"], spec.get("load_in_4bit", False))
         freeze_vision_tower(m)
         for p in m.parameters():
             p.requires_grad_(False)
@@ -347,15 +339,20 @@ def measure_model(name: str, path: str, s: dict, modes=("sft", "ppo", "naive"), 
         for mode in modes:
             spec = {"task": "measure", "mode": mode, "model": path, "dtype": dtype, "load_in_4bit": four_bit,
                     "batch": batch, "max_new_tokens": new, "lora_r": s["lora_r"], "lora_alpha": s["lora_alpha"]}
-            res[mode] = run_child(SCRIPT, spec, in_process=in_process)
+            try:
+                res[mode] = run_child(SCRIPT, spec, in_process=in_process)
+            except Exception as err:  # keep measuring the other rows; the error is recorded and printed
+                log(f"  {name} [{key}] {mode}: FAILED {str(err)[-1500:]}")
+                res[mode] = {"error": str(err)[-3000:], "peak_rss_mib": float("nan"), "rss_after_imports_mib": 0.0}
+                continue
             r = res[mode]
             log(f"  {name} [{key}] {mode}: peak RSS {r['peak_rss_mib']:.0f} MiB"
                 + (f", CUDA peak {r['cuda_peak_mib']:.0f} MiB" if "cuda_peak_mib" in r else "")
                 + f" ({r['wall_s']:.0f}s)")
-        metric = "cuda_peak_mib" if "cuda_peak_mib" in res[modes[0]] else "peak_rss_mib"
+        metric = "cuda_peak_mib" if any("cuda_peak_mib" in r for r in res.values()) else "peak_rss_mib"
         v = {"metric": metric, "runs": res}
         for mode in modes:
-            v[mode] = res[mode][metric]
+            v[mode] = res[mode].get(metric, float("nan"))
             if metric == "peak_rss_mib":
                 v[mode + "_above_imports"] = res[mode]["peak_rss_mib"] - res[mode]["rss_after_imports_mib"]
         if "sft" in modes:

@@ -60,8 +60,8 @@ SCRIPT = Path(__file__).resolve()
 FULL = dict(
     micro_batch=16, grad_accum=2, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=16, lora_alpha=32, seed=0, train_scenes=2000,
-    speed_iterations=4, repeats=2,  # + 1 warm-up iteration per run
-    quality_iterations=16, quality_epochs=2, eval_scenes=200, eval_batch=50,
+    speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
+    quality_iterations=8, quality_epochs=1, eval_scenes=200, eval_batch=50,
 )
 QUICK = dict(
     micro_batch=4, grad_accum=1, num_generations=2, max_new_tokens=6, temperature=1.0, learning_rate=1e-3,

@@ -401,6 +401,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--models", nargs="+",
                    help="Any of tiny-<arch> (" + ", ".join(TINY_ARCHS) + ", ...), demo, realistic. Default: "
                         "tiny-llava tiny-qwen2_vl tiny-idefics3 tiny-gemma3 demo realistic (--quick: tiny-llava).")
+    p.add_argument("--malloc-mmap-threshold", type=int,
+                   help="Set glibc's MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ (bytes) in the children: a "
+                        "fixed threshold returns freed large blocks to the OS, so peak RSS tracks live tensors "
+                        "rather than heap retention (the default dynamic threshold keeps up to 32 MiB blocks in "
+                        "the heap after they are freed).")
     p.add_argument("--in-process", action="store_true",
                    help="Every measurement in this process (no isolation, figures not comparable; default with "
                         "--quick, for the smoke test). --isolated forces child processes.")
@@ -422,6 +427,10 @@ def main(argv: list[str] | None = None) -> dict:
     s = settings(a.quick)
     models = a.models or (["tiny-llava"] if a.quick else [f"tiny-{x}" for x in TINY_ARCHS] + ["demo", "realistic"])
     in_process = CHILD_TASKS if (a.in_process or a.quick) and not a.isolated else None
+    if a.malloc_mmap_threshold:
+        import os
+
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = os.environ["MALLOC_TRIM_THRESHOLD_"] = str(a.malloc_mmap_threshold)
     workdir = tempfile.mkdtemp(prefix="mmft-bench-memory-")
     log(f"building {', '.join(m for m in models if m != 'demo')} in {workdir}")
     built = run_child(SCRIPT, {"task": "prepare", "workdir": workdir, "models": models}, in_process=in_process)
@@ -436,7 +445,8 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     results = {"machine": machine_description(), "settings": s,
                "command": "python scripts/bench_memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "device": "cuda" if cuda else "cpu", "isolated": in_process is None, "models": []}
+               "device": "cuda" if cuda else "cpu", "isolated": in_process is None,
+               "malloc_mmap_threshold": a.malloc_mmap_threshold, "models": []}
     for name in models:
         variants = [("float32", False)]
         if cuda and name in ("realistic", "demo") or (cuda and a.quick):

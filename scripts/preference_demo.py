@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class DemoSettings:
-    num_pair_images: int = 1200  # training scenes captioned twice -> one pair each
+    num_pair_images: int = 1000  # training scenes captioned twice -> one pair each
     pair_temperature: float = 1.0
     eval_fraction: float = 0.15  # pairs held out for the reward model's accuracy
-    rm_epochs: float = 4.0
+    rm_epochs: float = 3.0
     rm_learning_rate: float = 1e-3
     rm_batch_size: int = 16
     rm_lora_r: int = 32

@@ -5,6 +5,7 @@ logging and checkpoints. The algorithms themselves live in `mmft.ppo.trainer` an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -101,7 +102,7 @@ class RLTrainer:
         set_seed(args.seed)
         self.is_main = distributed()[0] == 0
         self.accelerator = Accelerator(
-            gradient_accumulation_steps=args.micro_batches_per_mini_batch,
+            gradient_accumulation_steps=args.micro_batches_per_mini_batch,  # DeepSpeed's config follows it
             log_with=None if args.report_to in (None, "none", ["none"], []) else args.report_to,
             project_dir=args.output_dir,
         )
@@ -350,12 +351,9 @@ class RLTrainer:
     def optimize(self, rollout: Rollout, data: dict[str, torch.Tensor]) -> dict[str, float]:
         """Step 8: `num_ppo_epochs` passes; each shuffles into `num_mini_batches`, each of
         `micro_batches_per_mini_batch` micro-batches, then exactly one optimizer step."""
-        from trl.trainer.utils import entropy_from_logits, selective_log_softmax
-
         args = self.args
         device = self.accelerator.device
         B = len(rollout.prompts)
-        P, R = rollout.prompts.prompt_length, rollout.response_ids.shape[1]
         stats: dict[str, list[float]] = {}
         roles = (POLICY, VALUE) if self.with_critic else (POLICY,)
         gen = torch.Generator().manual_seed(args.seed + 7919 * self.iteration)
@@ -363,45 +361,63 @@ class RLTrainer:
             order = torch.randperm(B, generator=gen)
             for mini in order.split(args.local_mini_batch_size):
                 # Token count of the whole mini-batch over all ranks: each micro-batch loss is
-                # its token sum over this count, rescaled for accelerate's division by the
-                # accumulation steps and the ranks' gradient averaging, so the step equals
-                # one token-mean over the global mini-batch whatever the micro-batching.
+                # its token sum over this count (times the ranks, whose gradients are averaged),
+                # so the step equals one token mean over the global mini-batch whatever the
+                # micro-batching (a mean of micro-batch means would weight short responses more).
                 world = distributed()[1]
                 num_tokens = all_reduce_sum(rollout.response_mask[mini].sum().reshape(1))[0].clamp(min=1.0)
-                num_tokens = (num_tokens / (args.micro_batches_per_mini_batch * world)).to(device)
-                for micro in mini.split(args.per_device_train_batch_size):
-                    rows = micro.tolist()
-                    ids = rollout.response_ids[rows].to(device)
-                    mask = rollout.response_mask[rows].to(device)
-                    inputs = _to(training_inputs(rollout.prompts.select(rows), rollout.response_ids[rows],
-                                                 rollout.response_mask[rows], self.model_type), device)
-                    with self.accelerator.accumulate(self.model):
-                        out = self.model(inputs, P, R, args.temperature, roles)
-                        logp = selective_log_softmax(out["logits"], ids)
-                        pg_loss, pg_stats = core.policy_loss(logp, data["logprobs"][rows].to(device),
-                                                             data["advantages"][rows].to(device), mask, args.cliprange,
-                                                             num_tokens)
-                        entropy = entropy_from_logits(out["logits"])
-                        loss = pg_loss - args.ent_coef * core.token_mean(entropy, mask, num_tokens)
-                        record = {"loss/policy": pg_stats["loss"], "policy/clipfrac": pg_stats["clipfrac"],
-                                  "policy/approxkl": pg_stats["approxkl"],
-                                  "policy/entropy": core.masked_mean(entropy.detach(), mask)}
-                        if self.with_critic:
-                            vf_loss, vf_stats = core.value_loss(out["values"], data["values"][rows].to(device),
-                                                                data["returns"][rows].to(device), mask,
-                                                                args.cliprange_value, num_tokens)
-                            loss = loss + args.vf_coef * vf_loss
-                            record.update({"loss/value": vf_stats["loss"], "val/clipfrac": vf_stats["clipfrac"]})
-                        self.accelerator.backward(loss)
-                        if self.accelerator.sync_gradients:
-                            if args.max_grad_norm and args.max_grad_norm > 0:
-                                self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                            self.optimizer.step()
-                            self.lr_scheduler.step()
-                            self.optimizer.zero_grad(set_to_none=True)
+                num_tokens = (num_tokens / world).to(device)
+                micro_batches = mini.split(args.per_device_train_batch_size)
+                for j, micro in enumerate(micro_batches):
+                    last = j == len(micro_batches) - 1
+                    record = self._micro_step(rollout, data, micro.tolist(), num_tokens, roles, last)
                     for k, v in record.items():
-                        stats.setdefault(k, []).append(float(v.detach()))
+                        stats.setdefault(k, []).append(float(v))
         return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    def _micro_step(self, rollout: Rollout, data: dict[str, torch.Tensor], rows: list[int],
+                    num_tokens: torch.Tensor, roles: tuple[str, ...], last: bool) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch; after the last one of a mini-batch, the
+        optimizer step. Accumulation is explicit: accelerate's accumulation state is shared
+        by every Accelerator of a process, so two trainers in one process would disturb it."""
+        from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+        args, device = self.args, self.accelerator.device
+        P, R = rollout.prompts.prompt_length, rollout.response_ids.shape[1]
+        ids = rollout.response_ids[rows].to(device)
+        mask = rollout.response_mask[rows].to(device)
+        inputs = _to(training_inputs(rollout.prompts.select(rows), rollout.response_ids[rows],
+                                     rollout.response_mask[rows], self.model_type), device)
+        self.accelerator.gradient_state._set_sync_gradients(last)  # DeepSpeed's boundary follows it
+        no_sync = (self.model.no_sync() if not last and isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+                   else contextlib.nullcontext())
+        with no_sync:
+            out = self.model(inputs, P, R, args.temperature, roles)
+            logp = selective_log_softmax(out["logits"], ids)
+            pg_loss, pg_stats = core.policy_loss(logp, data["logprobs"][rows].to(device),
+                                                 data["advantages"][rows].to(device), mask, args.cliprange,
+                                                 num_tokens)
+            entropy = entropy_from_logits(out["logits"])
+            loss = pg_loss - args.ent_coef * core.token_mean(entropy, mask, num_tokens)
+            record = {"loss/policy": pg_stats["loss"], "policy/clipfrac": pg_stats["clipfrac"],
+                      "policy/approxkl": pg_stats["approxkl"], "policy/entropy": core.masked_mean(entropy.detach(), mask)}
+            if self.with_critic:
+                vf_loss, vf_stats = core.value_loss(out["values"], data["values"][rows].to(device),
+                                                    data["returns"][rows].to(device), mask, args.cliprange_value,
+                                                    num_tokens)
+                loss = loss + args.vf_coef * vf_loss
+                record.update({"loss/value": vf_stats["loss"], "val/clipfrac": vf_stats["clipfrac"]})
+            # Undo the division by accumulation steps that accelerate (or DeepSpeed) applies:
+            # num_tokens already makes the micro-batch losses sum to the mini-batch mean.
+            scale = args.micro_batches_per_mini_batch if self.zero_stage else self.accelerator.gradient_accumulation_steps
+            self.accelerator.backward(loss * scale)
+        if last:
+            if args.max_grad_norm and args.max_grad_norm > 0:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return {k: v.detach() for k, v in record.items()}
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume_from_checkpoint: str | None = None) -> list[dict]:

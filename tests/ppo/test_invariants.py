@@ -41,18 +41,21 @@ def trainable(trainer):
 def test_gradient_accumulation_equivalence(tiny_vlm_dir, data, tmp_path):
     """One step on a mini-batch of 8 equals 4 accumulated micro-batches of 2."""
     path = tiny_vlm_dir("llava")
+    # Each trainer seeds at construction: build and train one after the other so both
+    # draw the same samples.
     one = PPOTrainer(path, args=args(tmp_path, "a", per_device_train_batch_size=8, gradient_accumulation_steps=1),
-                     reward_funcs=[WordCount()], train_dataset=data)
-    acc = PPOTrainer(path, args=args(tmp_path, "b", per_device_train_batch_size=2, gradient_accumulation_steps=4),
                      reward_funcs=[WordCount()], train_dataset=data)
     start = trainable(one)
     one.train()
+    acc = PPOTrainer(path, args=args(tmp_path, "b", per_device_train_batch_size=2, gradient_accumulation_steps=4),
+                     reward_funcs=[WordCount()], train_dataset=data)
     acc.train()
+    assert one.log_history[0]["objective/scores"] == acc.log_history[0]["objective/scores"]
     a, b = trainable(one), trainable(acc)
     moved = max((a[k] - start[k]).abs().max().item() for k in a)
     assert moved > 1e-4
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert diff < 1e-5 * max(1.0, moved) * 10, diff
+    assert diff < 1e-6, (diff, moved)  # float32 sums in another order; the update itself is ~1e-3
 
 
 def test_adapters_move_base_and_reference_stay(tiny_vlm_dir, data, tmp_path):

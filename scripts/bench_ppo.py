@@ -61,7 +61,7 @@ FULL = dict(
     micro_batch=16, grad_accum=2, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=16, lora_alpha=32, seed=0, train_scenes=2000,
     speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
-    quality_iterations=8, quality_epochs=1, eval_scenes=200, eval_batch=50,
+    quality_iterations=6, quality_epochs=1, eval_scenes=200, eval_batch=50,
 )
 QUICK = dict(
     micro_batch=4, grad_accum=1, num_generations=2, max_new_tokens=6, temperature=1.0, learning_rate=1e-3,
@@ -237,8 +237,8 @@ def _dump_profile(profiler, path: str) -> None:
 
 
 def child_quality(spec: dict) -> dict:
-    """Base model, then each system trained for the same sample budget, each evaluated on
-    the held-out split by `greedy_eval`. Systems run one after another in this process."""
+    """The base model (if spec["base"]), then each of spec["systems"] trained for the same
+    sample budget, each evaluated on the held-out split by `greedy_eval`, one after another."""
     import torch
 
     from mmft.data.synthetic import load_synthetic_captions
@@ -252,11 +252,12 @@ def child_quality(spec: dict) -> dict:
     iters, epochs = s["quality_iterations"], s["quality_epochs"]
     results = {}
     processor = load_processor(spec["model"])
-    base = load_vlm(spec["model"])
-    t0 = time.time()
-    results["base"] = {**greedy_eval(base, processor, test, s["eval_batch"]), "train_s": 0.0, "samples": 0,
-                       "eval_s": time.time() - t0}
-    del base
+    if spec.get("base", True):
+        base = load_vlm(spec["model"])
+        t0 = time.time()
+        results["base"] = {**greedy_eval(base, processor, test, s["eval_batch"]), "train_s": 0.0, "samples": 0,
+                           "eval_s": time.time() - t0}
+        del base
     for kind in spec["systems"]:
         torch.manual_seed(s["seed"])
         # SCST's REINFORCE update is one pass (SCSTConfig's default); PPO and GRPO reuse each batch `epochs` times.
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--speed-iterations", type=int, help="Timed iterations per speed run (+1 warm-up).")
     p.add_argument("--quality-iterations", type=int, help="Iterations of the CIDEr-D comparison.")
     p.add_argument("--eval-scenes", type=int, help="Held-out test scenes for CIDEr-D.")
+    p.add_argument("--quality-jobs", type=int, default=4,
+                   help="Child processes of the CIDEr-D comparison run at once (one per system + the base).")
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-memory", action="store_true", help="Skip the PPO-vs-SFT memory figure (bench_memory).")
@@ -381,8 +384,24 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.skip_quality:
         log(f"quality: base, mmft PPO, mmft SCST, TRL GRPO; {s['quality_iterations']} iterations x {batch} "
             f"completions each; held-out CIDEr-D on {s['eval_scenes']} test scenes")
-        q = run_child(SCRIPT, {"task": "quality", "model": model, "settings": s,
-                               "systems": ["mmft_ppo", "mmft_scst", "trl_grpo"]}, in_process=in_process)
+        systems = ["mmft_ppo", "mmft_scst", "trl_grpo"]
+        if in_process is not None or a.quality_jobs <= 1:
+            q = run_child(SCRIPT, {"task": "quality", "model": model, "settings": s, "systems": systems},
+                          in_process=in_process)
+        else:
+            # One child per system (and one for the base model), `quality_jobs` at a time: the
+            # CIDEr-D figures do not depend on timing, so they need not run alone.
+            from concurrent.futures import ThreadPoolExecutor
+
+            specs = [{"task": "quality", "model": model, "settings": s, "systems": [], "base": True}]
+            specs += [{"task": "quality", "model": model, "settings": s, "systems": [k], "base": False}
+                      for k in systems]
+            with ThreadPoolExecutor(a.quality_jobs) as pool:
+                parts = list(pool.map(lambda sp: run_child(SCRIPT, sp), specs))
+            q = {}
+            for part in parts:
+                part.pop("child_wall_s", None)
+                q.update(part)
         q.pop("child_wall_s", None)
         results["quality"] = q
         results.setdefault("targets", {})["cider_ppo>=grpo"] = q["mmft_ppo"]["CIDEr"] >= q["trl_grpo"]["CIDEr"]

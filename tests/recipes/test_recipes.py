@@ -31,7 +31,7 @@ def test_caption_ppo_recipe_with_yaml_and_overrides(algorithm, tiny_vlm_dir, tmp
     proc = run("caption_ppo.py", ["--config", "recipes/configs/smoke.yaml", "--algorithm", algorithm,
                                   "--model_name_or_path", tiny_vlm_dir("llava"), "--output_dir", str(out),
                                   "--reward_funcs", "cider_d", f"{reward_file}:Short",
-                                  "--reward_weights", "1.0", "0.5"])
+                                  "--reward_weights", "1.0", "0.5", "--report_to", "tensorboard"])
     results = json.loads((out / "eval_results.json").read_text())
     assert set(results) == {"before", "after"}
     assert {"CIDEr", "Bleu_4"} <= set(results["after"]) and {"CIDEr", "Bleu_4"} <= set(results["before"])
@@ -44,6 +44,8 @@ def test_caption_ppo_recipe_with_yaml_and_overrides(algorithm, tiny_vlm_dir, tmp
     assert "rewards/cider_d" in history[-1] and "rewards/short" in history[-1]
     assert (out / "adapter_model.safetensors").exists() and (out / "checkpoint-2").exists()
     assert (out / "critic" / "value_head.safetensors").exists() == (algorithm == "ppo")
+    events = [f for _, _, files in os.walk(out) for f in files if f.startswith("events.out.tfevents")]
+    assert events, "TensorBoard logging wrote no event file"
 
 
 def test_unknown_yaml_key_is_named(tiny_vlm_dir, tmp_path):

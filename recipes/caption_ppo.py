@@ -51,11 +51,15 @@ class ScriptArguments:
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: nf4 4-bit frozen base (bitsandbytes)."})
 
 
+# The embedded demo (no --config): a 1.3M-parameter base, so a high LoRA learning rate;
+# lam = 1 (Monte-Carlo returns) because a caption's content is decided in its first
+# tokens, which GAE with lam < 1 discounts most while the critic is still learning;
+# rewards standardised so the zero-initialised value head starts at the right scale.
 DEMO_DEFAULTS = dict(
-    output_dir="outputs/caption_ppo_demo", max_steps=60, per_device_train_batch_size=16,
+    output_dir="outputs/caption_ppo_demo", max_steps=40, per_device_train_batch_size=16,
     gradient_accumulation_steps=2, num_mini_batches=1, num_ppo_epochs=2, learning_rate=1e-3,
-    max_new_tokens=32, temperature=1.0, kl_coef=0.02, eval_steps=0, save_steps=20, logging_steps=5,
-    per_device_eval_batch_size=50, seed=0,
+    max_new_tokens=32, temperature=1.0, kl_coef=0.05, lam=1.0, vf_coef=0.5, normalize_rewards=True,
+    eval_steps=10, save_steps=20, logging_steps=5, per_device_eval_batch_size=50, seed=0,
 )
 
 
@@ -65,11 +69,11 @@ def parse_args(argv: list[str]):
 
     from mmft.ppo.config import PPOConfig, SCSTConfig
 
-    config: dict = dict(DEMO_DEFAULTS)
+    config: dict = {}
     if "--config" in argv:
         i = argv.index("--config")
         with open(argv[i + 1]) as f:
-            config.update(yaml.safe_load(f) or {})
+            config = yaml.safe_load(f) or {}
         argv = argv[:i] + argv[i + 2:]
     reward_specs = config.pop("rewards", None)
     algorithm = config.get("algorithm", "ppo")
@@ -83,6 +87,8 @@ def parse_args(argv: list[str]):
     unknown = sorted(set(config) - known)
     if unknown:
         raise SystemExit(f"Unknown key(s) in the YAML config: {unknown}.")
+    if not config:  # no --config: the embedded demo's settings (those this algorithm has)
+        config = {k: v for k, v in DEMO_DEFAULTS.items() if k in known}
     parser.set_defaults(**config)
     script_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     if script_args.reward_funcs:  # the command line wins over the YAML list

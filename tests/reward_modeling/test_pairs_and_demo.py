@@ -47,3 +47,4 @@ def test_preference_demo_reduced(tmp_path):
     assert res["train_pairs"] + res["held_out_pairs"] == res["labels"]["A"] + res["labels"]["B"]
     assert 0.0 <= res["rm_accuracy"] <= 1.0
     assert all(math.isfinite(res[k]) for k in ("oracle_before", "oracle_after"))
+    assert set(res["base_caption_loss"]) == {"matched_images", "shuffled_images"}

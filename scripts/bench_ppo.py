@@ -239,10 +239,12 @@ def child_interleaved(spec: dict) -> dict:
 
     s = spec["settings"]
     n = s["speed_iterations"] + 1
-    train = _load_data(s)
-    reward = _reward(train)
+    # Separate dataset and reward objects, so neither trainer can alter what the other reads.
+    train_m, train_g = _load_data(s), _load_data(s)
+    reward_m, reward_g = _reward(train_m), _reward(train_g)
     batch = s["micro_batch"] * s["grad_accum"]
     go_grpo, go_main = threading.Event(), threading.Event()
+    lengths = {"mmft_ppo": [], "trl_grpo": []}
     times = {"mmft_ppo": [], "trl_grpo": []}
     errors = []
 
@@ -257,8 +259,8 @@ def child_interleaved(spec: dict) -> dict:
             go_main.set()
 
     with tempfile.TemporaryDirectory() as out_m, tempfile.TemporaryDirectory() as out_g:
-        mmft = build_trainer("mmft_ppo", spec["model"], s, train, reward, out_m, n, 1)
-        grpo = build_trainer("trl_grpo", spec["model"], s, train, reward, out_g, n, 1)
+        mmft = build_trainer("mmft_ppo", spec["model"], s, train_m, reward_m, out_m, n, 1)
+        grpo = build_trainer("trl_grpo", spec["model"], s, train_g, reward_g, out_g, n, 1)
         grpo.add_callback(Gate())
 
         def run_grpo():
@@ -273,8 +275,9 @@ def child_interleaved(spec: dict) -> dict:
         mmft.model.train()
         for _ in range(n):
             t0 = time.perf_counter()
-            mmft.step()
+            metrics = mmft.step()
             mmft.iteration += 1
+            lengths["mmft_ppo"].append(metrics["response/length"])
             times["mmft_ppo"].append(time.perf_counter() - t0)
             go_grpo.set()
             go_main.wait()
@@ -282,7 +285,9 @@ def child_interleaved(spec: dict) -> dict:
             if errors:
                 raise errors[0]
         thread.join()
-    out = {"completions_per_iteration": batch, "torch_threads": torch.get_num_threads(), "iteration_s": times}
+        lengths["trl_grpo"] = [h["completions/mean_length"] for h in grpo.state.log_history
+                               if "completions/mean_length" in h]
+    out = {"completions_per_iteration": batch, "mean_response_length": lengths, "torch_threads": torch.get_num_threads(), "iteration_s": times}
     for k, v in times.items():
         out[k] = {"samples_per_s": batch / median(v[1:]), "iteration_s": v}
     return out

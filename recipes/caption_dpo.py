@@ -12,8 +12,8 @@ disabled, so one copy of the weights serves both (TRL does this for peft models)
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/caption_dpo.py \
         --config recipes/configs/dpo.yaml --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --dataset prefs/ --bf16 true
 
-Tested on: 2 CPU cores, the first command, with the demo base model and an oracle-labelled
-export (scripts/preference_demo.py); tests/reward_modeling runs it on the tiny LLaVA.
+Tested on: 2 CPU cores, no GPU: the first command on the tiny zoo LLaVA with a 60-pair
+dataset in the export format (3 steps); tests/reward_modeling runs it for 2 steps.
 The adapter is saved to OUTPUT_DIR (load it with PeftModel.from_pretrained, or pass it to
 recipes/caption_ppo.py --sft_adapter); held-out reward accuracy (DPO's implicit reward
 prefers the chosen caption) is in OUTPUT_DIR/eval_results.json. Values resolve as

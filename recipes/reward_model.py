@@ -16,10 +16,11 @@ GRPOTrainer; held-out pair accuracy and mean margin go to OUTPUT_DIR/eval_result
 (On CPU, `accelerate launch --cpu` starts one process whatever num_processes says; the
 second command is how two CPU processes get a gloo DDP group.)
 
-Tested on: 2 CPU cores, the first two commands (1 process; 2-process DDP over gloo), with the demo base model and an export of
-oracle-labelled pairs (scripts/preference_demo.py); every architecture of the tiny zoo in
-tests/reward_modeling. Values resolve as defaults < YAML `--config` < command line; the
-resolved config is written to OUTPUT_DIR/resolved_config.yaml.
+Tested on: 2 CPU cores, no GPU: the first two commands (1 process; 2-process DDP over
+gloo) on the tiny zoo LLaVA with a 60-pair dataset in the export format; the same trainer
+on the demo base with oracle-labelled exports in scripts/preference_demo.py; every
+architecture of the tiny zoo in tests/reward_modeling. Values resolve as defaults < YAML
+`--config` < command line; the resolved config is written to OUTPUT_DIR/resolved_config.yaml.
 """
 
 from __future__ import annotations

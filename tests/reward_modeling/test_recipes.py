@@ -62,7 +62,7 @@ def test_dpo_recipe_two_steps_on_an_export(export_dir, tiny_vlm_dir, tmp_path):
     results = recipe_main("caption_dpo")([
         "--config", str(ROOT / "recipes/configs/dpo.yaml"), "--dataset", str(export_dir),
         "--model_name_or_path", tiny_vlm_dir("llava"), "--output_dir", str(out), "--max_steps", "2",
-        "--per_device_train_batch_size", "4", "--eval_fraction", "0.25", "--use_cpu", "true"])
+        "--per_device_train_batch_size", "4", "--eval_fraction", "0.25"])
     assert results["num_train_pairs"] == 18
     assert "eval_rewards/accuracies" in results["eval"] and "eval_rewards/margins" in results["eval"]
     adapter = load_file(str(out / "adapter_model.safetensors"))

@@ -32,7 +32,12 @@ class DemoBaseSpec:
     batch_size: int = 32
     learning_rate: float = 2e-3
     seed: int = 0
-    version: int = 1  # bump when the recipe changes, so caches rebuild
+    # A randomly initialised vision tower trained jointly at this learning rate collapses to
+    # image-independent "register" features (measured: projected features of two scenes
+    # differed by 0.01% after SFT, 58% at init); frozen random features stay informative
+    # and the projector and LM learn to read them.
+    freeze_vision: bool = True
+    version: int = 2  # bump when the recipe changes, so caches rebuild
 
     def cache_key(self) -> str:
         import hashlib
@@ -113,6 +118,10 @@ def build_demo_base(spec: DemoBaseSpec | None = None, output_dir: str | os.PathL
     logger.info("Building the demo base model in %s (once; cached afterwards).", out)
     model, processor = make_tiny_vlm(spec.arch, image_size=spec.image_size, seed=spec.seed,
                                      text_hidden=spec.text_hidden, text_layers=spec.text_layers)
+    if spec.freeze_vision:
+        from mmft.models.arch import freeze_vision_tower
+
+        freeze_vision_tower(model)
     train = load_synthetic_captions("train", image_size=spec.image_size)
     torch_threads = torch.get_num_threads()
     losses = sft_caption_loop(model, processor, train, steps=spec.steps, batch_size=spec.batch_size,

@@ -110,6 +110,12 @@ def _attribute(**kwargs: Any) -> RewardFunc:
     return AttributeReward(**kwargs)
 
 
+def _learned(**kwargs: Any) -> RewardFunc:
+    from reward_models.learned import LearnedReward
+
+    return LearnedReward(**kwargs)
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     """A registered reward: ``factory(**kwargs)`` builds it; ``needs_corpus``: it takes the
@@ -135,6 +141,9 @@ REGISTRY: dict[str, RegistryEntry] = {
         _vocab_richness, help="distinct words / words (reward_models.VocabularyRichness)"
     ),
     "attribute": RegistryEntry(_attribute, help="embedded-task attributes (reward_models.AttributeReward)"),
+    "learned": RegistryEntry(
+        _learned, help="image-aware reward model (reward_models.LearnedReward; kwargs path, uncertainty_penalty)"
+    ),
 }
 
 

@@ -26,6 +26,8 @@ __all__ = [
     "CiderD",
     "ClipScore",
     "JavaPTBTokenizer",
+    "LearnedReward",
+    "LearnedRewardStd",
     "Meteor",
     "ReferenceReward",
     "RougeL",
@@ -41,8 +43,8 @@ __all__ = [
 def __getattr__(name: str):
     # LearnedReward scores with mmft's reward-model code; importing it lazily keeps
     # `import reward_models` free of mmft (and of torch/transformers).
-    if name == "LearnedReward":
-        from reward_models.learned import LearnedReward
+    if name in ("LearnedReward", "LearnedRewardStd"):
+        from reward_models import learned
 
-        return LearnedReward
+        return getattr(learned, name)
     raise AttributeError(f"module 'reward_models' has no attribute {name!r}")

@@ -12,7 +12,9 @@ import torch
 # Linear layers of a decoder block in every supported language model.
 _LM_LINEARS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 _LM_PREFIX = r"(model\.)?(language_model|text_model)\.(model\.)?layers\.\d+\."
-_PROJECTOR = r"(model\.)?(multi_modal_projector|connector|visual\.merger|visual\.deepstack_merger_list)(\.[\w.]+)?"
+# The projector's Linear layers only (peft cannot wrap the container modules themselves).
+_PROJECTOR = (r"(model\.)?(multi_modal_projector|connector|visual\.merger|visual\.deepstack_merger_list\.\d+)\."
+              r"(linear(_\d)?|linear_fc\d|modality_projection\.proj|mlp\.[02])")
 _VISION = r"(model\.)?(vision_tower|vision_model|visual\.blocks)\.[\w.]+\.(q_proj|k_proj|v_proj|out_proj|qkv|proj|fc1|fc2|linear_fc1|linear_fc2|gate_proj|up_proj|down_proj)"
 
 LORA_PRESETS = {

@@ -15,10 +15,12 @@ Three tables:
    iteration (mmft num_ppo_epochs=1, num_mini_batches=1; GRPO num_iterations=1,
    steps_per_generation=gradient_accumulation_steps), gradient checkpointing off and
    float32 for both. samples/s = completions per iteration / median iteration wall time
-   (time between consecutive iteration ends, the first iteration dropped as warm-up).
-   Each run is its own child process, so its peak RSS (getrusage ru_maxrss in the
-   child) is its own; the systems alternate A B B A ... so CPU contention from other
-   jobs on the machine hits both alike; the table reports medians over repeats.
+   (the first iteration dropped as warm-up). Two measurements (--speed-method):
+   "interleaved" builds both trainers in one child process and alternates their
+   iterations (mmft, GRPO, mmft, ...), so changing load from other jobs hits both alike:
+   this gives `speed_ratio`; "separate" runs each system in its own child process,
+   alternating A B B A ..., for its peak RSS (getrusage ru_maxrss in the child):
+   `memory_ratio` (and `speed_ratio_separate`); medians over repeats.
    Targets (issue 3): speed_ratio = mmft / GRPO samples/s >= 0.9; memory_ratio = peak
    RSS mmft / GRPO <= 1.2.
 

@@ -37,7 +37,13 @@ class DemoBaseSpec:
     # differed by 0.01% after SFT, 58% at init); frozen random features stay informative
     # and the projector and LM learn to read them.
     freeze_vision: bool = True
-    version: int = 2  # bump when the recipe changes, so caches rebuild
+    # SFT from random init first learns the captions' language and meanwhile drifts the
+    # projector's biases, so image tokens turn into one constant "register" vector before
+    # the LM has found the image signal in them (measured: greedy colour accuracy 13%,
+    # chance, on a one-word colour probe). A projector without biases and with 10x larger
+    # initial weights keeps the image signal dominant (same probe: 48% after 150 steps).
+    projector_init_scale: float = 10.0
+    version: int = 3  # bump when the recipe changes, so caches rebuild
 
     def cache_key(self) -> str:
         import hashlib
@@ -105,6 +111,23 @@ def sft_caption_loop(model, processor, dataset, *, steps: int, batch_size: int, 
     return losses
 
 
+def amplify_projector(model, scale: float) -> None:
+    """Scale the projector's initial weights by `scale` and remove its biases (zeroed,
+    frozen): see DemoBaseSpec.projector_init_scale."""
+    from mmft.models.arch import inner_model
+
+    projector = getattr(inner_model(model), "multi_modal_projector", None)
+    if projector is None:
+        raise ValueError(f"{type(model).__name__} has no multi_modal_projector; the demo base is a LLaVA model.")
+    with torch.no_grad():
+        for module in projector.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.mul_(scale)
+                if module.bias is not None:
+                    module.bias.zero_()
+                    module.bias.requires_grad_(False)
+
+
 def build_demo_base(spec: DemoBaseSpec | None = None, output_dir: str | os.PathLike | None = None,
                     force: bool = False) -> Path:
     """Build (or reuse from the cache) the demo base model; returns its folder."""
@@ -122,6 +145,7 @@ def build_demo_base(spec: DemoBaseSpec | None = None, output_dir: str | os.PathL
         from mmft.models.arch import freeze_vision_tower
 
         freeze_vision_tower(model)
+    amplify_projector(model, spec.projector_init_scale)
     train = load_synthetic_captions("train", image_size=spec.image_size)
     torch_threads = torch.get_num_threads()
     losses = sft_caption_loop(model, processor, train, steps=spec.steps, batch_size=spec.batch_size,

@@ -128,12 +128,11 @@ class RLTrainer:
         self.eval_metrics = eval_metrics
 
         self.model = self._build_roles(model, peft_config, sft_adapter)
-        head = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("value_head.")]
-        body = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
-        groups = [{"params": body}]
-        if head:
-            groups.append({"params": head, "lr": args.learning_rate * args.value_head_lr_scale})
-        self.optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, eps=args.adam_epsilon,
+        # One learning rate for every trainable part. (A faster value head was tried: its first
+        # Adam steps move V by more than cliprange_value, the clipped branch of the value loss
+        # then has zero gradient, and the critic stops learning within the iteration.)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, eps=args.adam_epsilon,
                                            betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay)
         from transformers import get_scheduler
 

@@ -97,10 +97,6 @@ class PPOConfig(RLConfig):
 
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip epsilon around the old values."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    value_head_lr_scale: float = field(
-        default=10.0, metadata={"help": "Learning rate of the value head relative to learning_rate. The head starts "
-                                        "at zero and must reach the scale of the returns within the few optimizer "
-                                        "steps of a short run; LoRA's rate is too slow for one linear layer."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards (valid tokens only)."})

@@ -57,7 +57,7 @@ class ScriptArguments:
 # rewards standardised so the zero-initialised value head starts at the right scale.
 DEMO_DEFAULTS = dict(
     output_dir="outputs/caption_ppo_demo", max_steps=40, per_device_train_batch_size=16,
-    gradient_accumulation_steps=2, num_mini_batches=1, num_ppo_epochs=2, learning_rate=1e-3,
+    gradient_accumulation_steps=4, num_mini_batches=1, num_ppo_epochs=2, learning_rate=1e-3,
     max_new_tokens=32, temperature=1.0, kl_coef=0.05, lam=1.0, vf_coef=0.5, normalize_rewards=True,
     eval_steps=10, save_steps=20, logging_steps=5, per_device_eval_batch_size=50, seed=0,
 )

@@ -26,8 +26,6 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-import yaml
-
 
 @dataclass
 class ScriptArguments:
@@ -45,22 +43,13 @@ class ScriptArguments:
 
 def parse_args(argv: list[str]):
     """(ScriptArguments, trl.DPOConfig): defaults < YAML --config < command line."""
-    from transformers import HfArgumentParser
     from trl import DPOConfig
 
-    config: dict = {"output_dir": "outputs/caption_dpo", "report_to": "none"}
-    if "--config" in argv:
-        i = argv.index("--config")
-        with open(argv[i + 1]) as f:
-            config.update(yaml.safe_load(f) or {})
-        argv = argv[:i] + argv[i + 2:]
-    known = {f for dc in (ScriptArguments, DPOConfig) for f in dc.__dataclass_fields__}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise SystemExit(f"Unknown key(s) in the YAML config: {unknown}.")
-    parser = HfArgumentParser((ScriptArguments, DPOConfig))
-    parser.set_defaults(**config)
-    return parser.parse_args_into_dataclasses(args=argv)
+    from mmft.config import parse_dataclasses, pop_yaml_config
+
+    config, argv = pop_yaml_config(argv)
+    config = {"output_dir": "outputs/caption_dpo", "report_to": "none", **config}
+    return parse_dataclasses((ScriptArguments, DPOConfig), argv, config)
 
 
 def main(argv: list[str] | None = None) -> dict:

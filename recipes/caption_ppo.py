@@ -65,16 +65,10 @@ DEMO_DEFAULTS = dict(
 
 def parse_args(argv: list[str]):
     """(ScriptArguments, PPOConfig | SCSTConfig, reward specs): defaults < YAML --config < command line."""
-    from transformers import HfArgumentParser
-
+    from mmft.config import parse_dataclasses, pop_yaml_config
     from mmft.ppo.config import PPOConfig, SCSTConfig
 
-    config: dict = {}
-    if "--config" in argv:
-        i = argv.index("--config")
-        with open(argv[i + 1]) as f:
-            config = yaml.safe_load(f) or {}
-        argv = argv[:i] + argv[i + 2:]
+    config, argv = pop_yaml_config(argv)
     reward_specs = config.pop("rewards", None)
     algorithm = config.get("algorithm", "ppo")
     if "--algorithm" in argv:
@@ -82,15 +76,11 @@ def parse_args(argv: list[str]):
     config_class = {"ppo": PPOConfig, "scst": SCSTConfig}.get(algorithm)
     if config_class is None:
         raise SystemExit(f"--algorithm must be 'ppo' or 'scst', got {algorithm!r}.")
-    parser = HfArgumentParser((ScriptArguments, config_class))
-    known = {f for dc in (ScriptArguments, config_class) for f in dc.__dataclass_fields__}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise SystemExit(f"Unknown key(s) in the YAML config: {unknown}.")
+    classes = (ScriptArguments, config_class)
     if not config:  # no --config: the embedded demo's settings (those this algorithm has)
+        known = {f for dc in classes for f in dc.__dataclass_fields__}
         config = {k: v for k, v in DEMO_DEFAULTS.items() if k in known}
-    parser.set_defaults(**config)
-    script_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    script_args, train_args = parse_dataclasses(classes, argv, config)
     if script_args.reward_funcs:  # the command line wins over the YAML list
         weights = train_args.reward_weights or [1.0] * len(script_args.reward_funcs)
         reward_specs = [{"name": n, "weight": w} for n, w in zip(script_args.reward_funcs, weights)]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-import yaml
-
 
 @dataclass
 class ScriptArguments:
@@ -32,18 +30,13 @@ class ScriptArguments:
 
 
 def parse_args(argv: list[str]):
-    from transformers import HfArgumentParser
+    """(ScriptArguments, trl.SFTConfig): defaults < YAML --config < command line."""
     from trl import SFTConfig
 
-    config: dict = {}
-    if "--config" in argv:
-        i = argv.index("--config")
-        with open(argv[i + 1]) as f:
-            config = yaml.safe_load(f) or {}
-        argv = argv[:i] + argv[i + 2:]
-    parser = HfArgumentParser((ScriptArguments, SFTConfig))
-    parser.set_defaults(**config)
-    return parser.parse_args_into_dataclasses(args=argv)
+    from mmft.config import parse_dataclasses, pop_yaml_config
+
+    config, argv = pop_yaml_config(argv)
+    return parse_dataclasses((ScriptArguments, SFTConfig), argv, config)
 
 
 def to_prompt_completion(dataset):

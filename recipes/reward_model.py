@@ -54,23 +54,12 @@ class ScriptArguments:
 
 def parse_args(argv: list[str]):
     """(ScriptArguments, RewardModelConfig): defaults < YAML --config < command line."""
-    from transformers import HfArgumentParser
-
+    from mmft.config import parse_dataclasses, pop_yaml_config
     from mmft.reward_modeling import RewardModelConfig
 
-    config: dict = {"output_dir": "outputs/reward_model"}
-    if "--config" in argv:
-        i = argv.index("--config")
-        with open(argv[i + 1]) as f:
-            config.update(yaml.safe_load(f) or {})
-        argv = argv[:i] + argv[i + 2:]
-    known = {f for dc in (ScriptArguments, RewardModelConfig) for f in dc.__dataclass_fields__}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise SystemExit(f"Unknown key(s) in the YAML config: {unknown}.")
-    parser = HfArgumentParser((ScriptArguments, RewardModelConfig))
-    parser.set_defaults(**config)
-    return parser.parse_args_into_dataclasses(args=argv)
+    config, argv = pop_yaml_config(argv)
+    config = {"output_dir": "outputs/reward_model", **config}
+    return parse_dataclasses((ScriptArguments, RewardModelConfig), argv, config)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,29 @@
+"""Recipe argument parsing shared by every recipe: defaults < YAML `--config` < command line."""
+
+from __future__ import annotations
+
+import yaml
+
+
+def pop_yaml_config(argv: list[str]) -> tuple[dict, list[str]]:
+    """Read `--config FILE` out of `argv`: (the YAML mapping, or {}; the remaining argv)."""
+    if "--config" not in argv:
+        return {}, list(argv)
+    i = argv.index("--config")
+    with open(argv[i + 1]) as f:
+        config = yaml.safe_load(f) or {}
+    return config, argv[:i] + argv[i + 2:]
+
+
+def parse_dataclasses(classes: tuple, argv: list[str], config: dict) -> tuple:
+    """Parse `argv` into `classes` (HfArgumentParser) with `config` as defaults; a config key
+    that no class has is an error naming it."""
+    from transformers import HfArgumentParser
+
+    known = {f for dc in classes for f in dc.__dataclass_fields__}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise SystemExit(f"Unknown key(s) in the YAML config: {unknown}.")
+    parser = HfArgumentParser(classes)
+    parser.set_defaults(**config)
+    return parser.parse_args_into_dataclasses(args=argv)

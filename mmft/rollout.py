@@ -90,10 +90,11 @@ def generate(
     )
     out = model.generate(**inputs, generation_config=config)
     sequences = out[:, prompts.prompt_length:]
-    if sequences.shape[1] < max_new_tokens:  # every row stopped early
-        sequences = torch.nn.functional.pad(sequences, (0, max_new_tokens - sequences.shape[1]), value=pad_id)
     ids, mask, stopped = truncate_at_stop(sequences, stop_ids, pad_id)
-    return Rollout(prompts, ids.cpu(), mask.cpu(), stopped.cpu())
+    # Columns past the longest response are padding in every row (a stop id that is not the
+    # tokenizer's EOS can leave some): drop them, so no pass of the iteration computes them.
+    longest = max(int(mask.sum(-1).max()), 1)
+    return Rollout(prompts, ids[:, :longest].cpu(), mask[:, :longest].cpu(), stopped.cpu())
 
 
 def training_inputs(

@@ -396,8 +396,13 @@ class RLTrainer:
             pg_loss, pg_stats = core.policy_loss(logp, data["logprobs"][rows].to(device),
                                                  data["advantages"][rows].to(device), mask, args.cliprange,
                                                  num_tokens)
-            entropy = entropy_from_logits(out["logits"])
-            loss = pg_loss - args.ent_coef * core.token_mean(entropy, mask, num_tokens)
+            loss = pg_loss
+            if args.ent_coef:
+                entropy = entropy_from_logits(out["logits"])
+                loss = loss - args.ent_coef * core.token_mean(entropy, mask, num_tokens)
+            else:  # logged only: no graph over [B, R, vocab] that backward would traverse for nothing
+                with torch.no_grad():
+                    entropy = entropy_from_logits(out["logits"])
             record = {"loss/policy": pg_stats["loss"], "policy/clipfrac": pg_stats["clipfrac"],
                       "policy/approxkl": pg_stats["approxkl"], "policy/entropy": core.masked_mean(entropy.detach(), mask)}
             if self.with_critic:

@@ -58,6 +58,24 @@ def test_gradient_accumulation_equivalence(tiny_vlm_dir, data, tmp_path):
     assert diff < 1e-6, (diff, moved)  # float32 sums in another order; the update itself is ~1e-3
 
 
+def test_entropy_bonus_changes_the_policy_update_only(tiny_vlm_dir, data, tmp_path):
+    """ent_coef > 0 adds the entropy bonus to the policy's gradient; with ent_coef = 0 the
+    logged entropy carries no graph. Same samples in both runs (same seed), so the value
+    adapter and head, which the bonus does not reach, move identically."""
+    path = tiny_vlm_dir("llava")
+    runs = {}
+    for coef in (0.0, 0.5):
+        trainer = PPOTrainer(path, args=args(tmp_path, f"ent{coef}", ent_coef=coef), reward_funcs=[WordCount()],
+                             train_dataset=data)
+        trainer.train()
+        runs[coef] = (trainable(trainer), trainer.log_history[0])
+    (plain, log0), (bonus, log1) = runs[0.0], runs[0.5]
+    assert log0["objective/scores"] == log1["objective/scores"] and log0["policy/entropy"] == log1["policy/entropy"]
+    policy_diff = max((plain[k] - bonus[k]).abs().max().item() for k in plain if f".{POLICY}." in k)
+    value_diff = max((plain[k] - bonus[k]).abs().max().item() for k in plain if f".{POLICY}." not in k)
+    assert policy_diff > 1e-5 and value_diff == 0.0, (policy_diff, value_diff)
+
+
 def test_adapters_move_base_and_reference_stay(tiny_vlm_dir, data, tmp_path):
     """Starting from an SFT adapter: policy and value adapters (and the value head) move;
     the base weights and the frozen 'ref' adapter do not."""

@@ -16,6 +16,7 @@ the end, gathered over ranks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -107,6 +108,13 @@ class RewardModelTrainer:
             log_with=None if args.report_to in (None, "none", ["none"], []) else args.report_to,
             project_dir=args.output_dir,
         )
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if self.accelerator.num_processes != world:
+            # DeepSpeed ranks without CUDA: accelerate found no backend, so it counts one process
+            # on every rank (no data sharding, every rank "main"; DeepSpeed's batch check fails).
+            raise ValueError(f"accelerate sees {self.accelerator.num_processes} process(es) but torch.distributed "
+                             f"has {world} ranks: on CPU ranks (DeepSpeed over gloo) set ddp_backend='gloo' in "
+                             "RewardModelConfig (recipes/reward_model.py does).")
         self.model_name_or_path = str(model) if isinstance(model, (str, os.PathLike)) else model.name_or_path
         if isinstance(model, (str, os.PathLike)):
             model = load_vlm(model)
@@ -119,7 +127,8 @@ class RewardModelTrainer:
         for p in model.parameters():
             p.requires_grad_(False)
         freeze_vision_tower(model)
-        self.fingerprint = base_fingerprint(model)
+        with _gathered([model.get_input_embeddings().weight]):  # partitioned at load under ZeRO-3
+            self.fingerprint = base_fingerprint(model)
         backbone = get_peft_model(model, peft_config or default_lora_config())
         if args.disable_dropout:
             disable_dropout_in_model(backbone)
@@ -304,9 +313,23 @@ class RewardModelTrainer:
         """The reward-model folder `LearnedReward(path)` loads (see mmft.reward_modeling.model)."""
         output_dir = output_dir or self.args.output_dir
         self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            save_reward_model(self.unwrapped, self.processor, self.info, output_dir)
-            with open(Path(output_dir) / "log_history.json", "w") as f:
-                json.dump(self.log_history, f, indent=1)
+        model = self.unwrapped
+        # Under ZeRO-3 every rank holds a shard of the adapter and head: gather (collective).
+        with _gathered([p for p in model.parameters() if p.requires_grad]):
+            if self.accelerator.is_main_process:
+                save_reward_model(model, self.processor, self.info, output_dir)
+                with open(Path(output_dir) / "log_history.json", "w") as f:
+                    json.dump(self.log_history, f, indent=1)
         self.accelerator.wait_for_everyone()
         return str(output_dir)
+
+
+def _gathered(params: list[torch.nn.Parameter]):
+    """Context in which ZeRO-3-partitioned `params` are whole on every rank (a collective);
+    nothing to do for parameters DeepSpeed does not partition."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)

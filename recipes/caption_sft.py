@@ -6,8 +6,11 @@ reference.
 
     accelerate launch recipes/caption_sft.py --config recipes/configs/caption_sft.yaml
     accelerate launch recipes/caption_sft.py --model_name_or_path outputs/tiny-llava --max_steps 5
+    accelerate launch --config_file recipes/accelerate_configs/cpu_zero3.yaml recipes/caption_sft.py \
+        --config recipes/configs/caption_sft.yaml --model_name_or_path outputs/tiny-llava
 
-Tested on: 2 CPU cores with the tiny zoo (tests/recipes). Every reference caption of an
+Tested on: 2 CPU cores with the tiny zoo: one process (tests/recipes), 2 ranks under
+cpu_zero3.yaml (tests/distributed) and cpu_zero2.yaml (by hand). Every reference caption of an
 image becomes one (prompt, completion) pair; the loss is on the completion only.
 """
 

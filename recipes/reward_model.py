@@ -11,15 +11,17 @@ GRPOTrainer; held-out pair accuracy and mean margin go to OUTPUT_DIR/eval_result
         --config recipes/configs/reward_model.yaml --dataset prefs/ --output_dir outputs/rm
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 recipes/reward_model.py \
         --config recipes/configs/reward_model.yaml --dataset prefs/ --output_dir outputs/rm_ddp
+    accelerate launch --config_file recipes/accelerate_configs/cpu_zero3.yaml recipes/reward_model.py \
+        --config recipes/configs/reward_model.yaml --dataset prefs/ --output_dir outputs/rm_zero3
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/reward_model.py ...
 
 (On CPU, `accelerate launch --cpu` starts one process whatever num_processes says; the
 second command is how two CPU processes get a gloo DDP group.)
 
-Tested on: 2 CPU cores, no GPU: the first two commands (1 process; 2-process DDP over
-gloo) on the tiny zoo LLaVA with a 60-pair dataset in the export format; the same trainer
-on the demo base with oracle-labelled exports in scripts/preference_demo.py; every
-architecture of the tiny zoo in tests/reward_modeling. Values resolve as defaults < YAML
+Tested on: 2 CPU cores, no GPU: the first three commands (1 process; 2-process DDP over
+gloo; 2 ZeRO-3 ranks, in tests/distributed, and cpu_zero2.yaml by hand) on the tiny zoo
+LLaVA with export-format datasets of 16-60 pairs; the same trainer on the demo base with
+oracle-labelled exports in scripts/preference_demo.py; every architecture of the tiny zoo in tests/reward_modeling. Values resolve as defaults < YAML
 `--config` < command line; the resolved config is written to OUTPUT_DIR/resolved_config.yaml.
 """
 

@@ -21,8 +21,9 @@ second command is how two CPU processes get a gloo DDP group.)
 Tested on: 2 CPU cores, no GPU: the first three commands (1 process; 2-process DDP over
 gloo; 2 ZeRO-3 ranks, in tests/distributed, and cpu_zero2.yaml by hand) on the tiny zoo
 LLaVA with export-format datasets of 16-60 pairs; the same trainer on the demo base with
-oracle-labelled exports in scripts/preference_demo.py; every architecture of the tiny zoo in tests/reward_modeling. Values resolve as defaults < YAML
-`--config` < command line; the resolved config is written to OUTPUT_DIR/resolved_config.yaml.
+oracle-labelled exports in scripts/preference_demo.py; every architecture of the tiny zoo
+in tests/reward_modeling. Values resolve as defaults < YAML `--config` < command line; the
+resolved config is written to OUTPUT_DIR/resolved_config.yaml.
 """
 
 from __future__ import annotations

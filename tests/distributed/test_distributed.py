@@ -75,7 +75,109 @@ def test_zero3_ranks_with_and_without_images_do_not_hang(tiny_vlm_dir, tmp_path)
     model = tiny_vlm_dir("llava")
     records, _ = run_worker("cpu_zero3.yaml", tmp_path, "mixed", model=model, per_device=2, gas=1, max_steps=1,
                             text_only_rank=1)
+    assert [r["images"] for r in records] == [True, False]  # rank 1 really had no image
     assert all(r["losses_finite"] for r in records) and records[0]["digest"] == records[1]["digest"]
+
+
+def test_scst_under_zero3_two_ranks(tiny_vlm_dir, tmp_path):
+    """SCST's greedy-baseline rollout is a second generation under ZeRO-3 (a collective)."""
+    records, _ = run_worker("cpu_zero3.yaml", tmp_path, "scst", model=tiny_vlm_dir("llava"), per_device=2, gas=1,
+                            max_steps=1, algorithm="scst")
+    assert [r["zero_stage"] for r in records] == [3, 3]
+    assert set(records[0]["drawn"]).isdisjoint(records[1]["drawn"])
+    assert all(r["losses_finite"] and r["loss_keys"] == ["loss/policy"] for r in records)  # no critic
+    assert records[0]["digest"] == records[1]["digest"]
+
+
+def test_gradient_checkpointing_under_zero3_with_the_shared_critic(tiny_vlm_dir, tmp_path):
+    records, out = run_worker("cpu_zero3.yaml", tmp_path, "ckpt", model=tiny_vlm_dir("llava"), per_device=2,
+                              gas=1, max_steps=1, gradient_checkpointing=True)
+    assert all(r["gradient_checkpointing"] for r in records)
+    assert all(r["losses_finite"] and r["loss_keys"] == ["loss/policy", "loss/value"] for r in records)
+    assert records[0]["digest"] == records[1]["digest"]
+    state = torch.load(out / "state0.pt")
+    assert any("lora_B.policy" in k and v.abs().max() > 0 for k, v in state.items())  # the policy was updated
+
+
+def test_ranks_disagreeing_on_dataset_length_fail_without_hanging(tiny_vlm_dir, tmp_path):
+    out = tmp_path / "short"
+    out.mkdir()
+    opts = {"model": tiny_vlm_dir("llava"), "output_dir": str(out / "run"), "out": str(out), "seed": 7,
+            "per_device": 2, "gas": 1, "max_steps": 1, "short_rank": 1}
+    proc = launch("cpu_zero3.yaml", [WORKER, json.dumps(opts)], tmp_path, timeout=300)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        assert f"[rank{rank}]: ValueError: Ranks disagree on dataset_length: [32, 31]" in proc.stderr
+    assert not list(out.glob("rank*.json"))  # nobody trained
+
+
+def test_zero3_refuses_load_in_4bit_at_start(tiny_vlm_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")  # without it, loading fails first (asking for bitsandbytes)
+    out = tmp_path / "qlora"
+    proc = launch("cpu_zero3.yaml", [os.path.join(ROOT, "recipes", "caption_ppo.py"), "--config",
+                                     os.path.join(ROOT, "recipes", "configs", "smoke.yaml"), "--output_dir", str(out),
+                                     "--model_name_or_path", tiny_vlm_dir("llava"), "--load_in_4bit", "true"],
+                  tmp_path, timeout=300)
+    assert proc.returncode != 0
+    assert "ValueError: load_in_4bit (QLoRA) cannot be combined with DeepSpeed ZeRO-3" in proc.stderr
+    assert not (out / "checkpoint-1").exists()
+
+
+def test_sft_recipe_under_zero3_saves_a_whole_adapter(tiny_vlm_dir, tmp_path):
+    """TRL's SFTTrainer under ZeRO-3 on CPU ranks (the recipe names gloo for accelerate)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from mmft.models.loading import load_vlm
+
+    out = tmp_path / "sft"
+    proc = launch("cpu_zero3.yaml", [os.path.join(ROOT, "recipes", "caption_sft.py"), "--config",
+                                     os.path.join(ROOT, "recipes", "configs", "caption_sft.yaml"),
+                                     "--model_name_or_path", tiny_vlm_dir("llava"), "--output_dir", str(out),
+                                     "--max_steps", "2", "--num_train_samples", "8",
+                                     "--per_device_train_batch_size", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    # Gathered from the ZeRO-3 shards (an unsaved shard would be an empty tensor), and trained.
+    assert lora_b and all(t.numel() > 0 for t in adapter.values()) and any(t.abs().max() > 0 for t in lora_b)
+    PeftModel.from_pretrained(load_vlm(tiny_vlm_dir("llava")), str(out))
+
+
+def test_reward_model_recipe_under_zero3_is_loadable(tiny_vlm_dir, tmp_path):
+    """recipes/reward_model.py on 2 ZeRO-3 ranks (the recipe names gloo for accelerate): the saved folder
+    (adapter and head gathered; base fingerprint read from partitioned embeddings) loads
+    as a LearnedReward, whose load checks that fingerprint against the base."""
+    from reward_models.learned import LearnedReward
+
+    prefs = _reward_modeling_conftest().preference_dataset
+    data = tmp_path / "prefs"
+    prefs(16).save_to_disk(str(data))
+    out = tmp_path / "rm"
+    proc = launch("cpu_zero3.yaml", [os.path.join(ROOT, "recipes", "reward_model.py"), "--config",
+                                     os.path.join(ROOT, "recipes", "configs", "reward_model.yaml"),
+                                     "--model_name_or_path", tiny_vlm_dir("llava"), "--dataset", str(data),
+                                     "--output_dir", str(out), "--max_steps", "2",
+                                     "--per_device_train_batch_size", "2", "--eval_fraction", "0.25"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["num_train_pairs"] == 12 and results["after"]["eval/num_pairs"] == 4  # gathered over ranks
+    assert [e["step"] for e in json.loads((out / "log_history.json").read_text())][-1] == 2
+    reward = LearnedReward(out)
+    row = prefs(1, offset=900)[0]
+    scores = reward(prompts=[row["prompt"]], completions=[row["chosen"]], image=[row["image"]])
+    assert len(scores) == 1 and torch.isfinite(torch.tensor(scores)).all()
+
+
+def _reward_modeling_conftest():
+    """tests/reward_modeling/conftest.py as a plain module (its preference-data builder)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "reward_modeling_conftest", os.path.join(ROOT, "tests", "reward_modeling", "conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_recipe_under_zero3_leaves_a_checkpoint(tiny_vlm_dir, tmp_path):

@@ -27,3 +27,17 @@ def parse_dataclasses(classes: tuple, argv: list[str], config: dict) -> tuple:
     parser = HfArgumentParser(classes)
     parser.set_defaults(**config)
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def cpu_deepspeed_defaults(config: dict) -> dict:
+    """`ddp_backend: gloo` for DeepSpeed ranks without CUDA (accelerate_configs/cpu_zero*.yaml),
+    unless set: accelerate finds no backend for them otherwise and counts one process on
+    every rank, and DeepSpeed rejects the batch size it derives (micro x accumulation x 1)."""
+    import os
+
+    import torch
+
+    if (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and not torch.cuda.is_available()
+            and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        return {"ddp_backend": "gloo", **config}
+    return config

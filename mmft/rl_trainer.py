@@ -107,6 +107,7 @@ class RLTrainer:
             project_dir=args.output_dir,
         )
         self.model_name_or_path = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
+        self._refuse_under_zero3(None if isinstance(model, (str, os.PathLike)) else model)
         if isinstance(model, (str, os.PathLike)):
             model = load_vlm(model, dtype=_dtype(args), load_in_4bit=getattr(args, "load_in_4bit", False))
         self.processor = processing_class or load_processor(self.model_name_or_path)
@@ -177,15 +178,26 @@ class RLTrainer:
         ds["train_batch_size"] = (self.args.per_device_train_batch_size * self.args.micro_batches_per_mini_batch
                                   * distributed()[1])
         ds["gradient_clipping"] = self.args.max_grad_norm if self.args.max_grad_norm else 0.0
-        stage = int(ds.get("zero_optimization", {}).get("stage", 0))
-        if stage == 3 and getattr(self.args, "load_in_4bit", False):
+        return self._zero_stage()
+
+    def _zero_stage(self) -> int:
+        plugin = self.accelerator.state.deepspeed_plugin
+        return 0 if plugin is None else int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+    def _refuse_under_zero3(self, model) -> None:
+        """Options ZeRO-3 cannot honour: an error naming both, before the model loads (a
+        4-bit load of a real checkpoint takes minutes). `model`: a model passed in, else None."""
+        if self._zero_stage() != 3:
+            return
+        quantized = getattr(self.args, "load_in_4bit", False) or bool(getattr(model, "is_quantized", False))
+        if quantized:
             raise ValueError("load_in_4bit (QLoRA) cannot be combined with DeepSpeed ZeRO-3, which shards the "
-                             "4-bit weights it cannot partition: use zero2.yaml, or drop load_in_4bit.")
-        if stage == 3 and getattr(self.args, "critic", "shared") == "separate" and self.args.gradient_checkpointing:
+                             "4-bit weights it cannot partition (a model passed in already quantised neither): use "
+                             "zero2.yaml, or drop load_in_4bit.")
+        if getattr(self.args, "critic", "shared") == "separate" and self.args.gradient_checkpointing:
             raise ValueError("critic='separate' with gradient_checkpointing under ZeRO-3 is not supported: the "
                              "separate backbone's reentrant checkpointing hangs when ranks skip it. Use the shared "
                              "critic or ZeRO-2.")
-        return stage
 
     def _blank_image_inputs(self) -> dict[str, torch.Tensor]:
         """The processor's image tensors for one blank image (see ActorCritic.dummy_image_inputs)."""

@@ -45,11 +45,11 @@ def parse_args(argv: list[str]):
     """(ScriptArguments, trl.DPOConfig): defaults < YAML --config < command line."""
     from trl import DPOConfig
 
-    from mmft.config import parse_dataclasses, pop_yaml_config
+    from mmft.config import cpu_deepspeed_defaults, parse_dataclasses, pop_yaml_config
 
     config, argv = pop_yaml_config(argv)
     config = {"output_dir": "outputs/caption_dpo", "report_to": "none", **config}
-    return parse_dataclasses((ScriptArguments, DPOConfig), argv, config)
+    return parse_dataclasses((ScriptArguments, DPOConfig), argv, cpu_deepspeed_defaults(config))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -57,26 +57,12 @@ class ScriptArguments:
 
 def parse_args(argv: list[str]):
     """(ScriptArguments, RewardModelConfig): defaults < YAML --config < command line."""
-    from mmft.config import parse_dataclasses, pop_yaml_config
+    from mmft.config import cpu_deepspeed_defaults, parse_dataclasses, pop_yaml_config
     from mmft.reward_modeling import RewardModelConfig
 
     config, argv = pop_yaml_config(argv)
     config = {"output_dir": "outputs/reward_model", **config}
     return parse_dataclasses((ScriptArguments, RewardModelConfig), argv, cpu_deepspeed_defaults(config))
-
-
-def cpu_deepspeed_defaults(config: dict) -> dict:
-    """`ddp_backend: gloo` for DeepSpeed ranks without CUDA (accelerate_configs/cpu_zero*.yaml),
-    unless set: accelerate finds no backend for them otherwise and counts one process on
-    every rank, and DeepSpeed rejects the batch size it derives (micro x accumulation x 1)."""
-    import os
-
-    import torch
-
-    if (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and not torch.cuda.is_available()
-            and int(os.environ.get("WORLD_SIZE", "1")) > 1):
-        return {"ddp_backend": "gloo", **config}
-    return config
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -129,6 +129,17 @@ class RLTrainer:
         self.eval_metrics = eval_metrics
 
         self.model = self._build_roles(model, peft_config, sft_adapter)
+        if getattr(args, "mount_reward_models", False):
+            # Learned rewards trained on this base score through it as frozen adapters, added
+            # before the optimizer and accelerate.prepare see the parameters.
+            if self._zero_stage() == 3:
+                raise ValueError("mount_reward_models=True is not supported under DeepSpeed ZeRO-3; set it False "
+                                 "(each LearnedReward then loads its own model).")
+            from mmft.reward_modeling.mount import mount_learned_rewards
+
+            adapters = mount_learned_rewards(self.model, self.rewards)
+            logger.info("mount_reward_models: %s", f"learned rewards mounted as adapters {adapters}" if adapters
+                        else "no reward_models.LearnedReward among the rewards, nothing mounted")
         # One learning rate for every trainable part. (A faster value head was tried: its first
         # Adam steps move V by more than cliprange_value, the clipped branch of the value loss
         # then has zero gradient, and the critic stops learning within the iteration.)

@@ -13,6 +13,10 @@ as `<name>_std` when the trainer provides it, and `std_reward()` gives a compani
 reward named `<name>_std` (weight it 0) that reports them in any trainer's per-reward
 logs.
 
+Mounted (`mount`, which mmft's PPO/SCST trainers call for `mount_reward_models=True`):
+the reward model's adapter sits on the policy's base as a frozen adapter and this object
+scores through it, loading no second model.
+
 Picklable: the model loads lazily on the first call in whichever process calls it, and
 `__getstate__` drops it, so the object can be sent to worker processes. The model
 itself lives in `mmft.reward_modeling` (this module imports it only when scoring).
@@ -58,6 +62,16 @@ class LearnedReward:
         self.last_std: list[float] | None = None
         self._model = None
         self._encoder = None
+        self._mounted = None
+
+    def mount(self, mounted) -> None:
+        """Score through `mounted` (a `mmft.reward_modeling.mount.MountedReward`: this reward
+        model's adapter on a policy's shared base) instead of loading the model."""
+        self._mounted = mounted
+
+    @property
+    def is_mounted(self) -> bool:
+        return self._mounted is not None
 
     def _load(self) -> None:
         import torch
@@ -75,10 +89,12 @@ class LearnedReward:
         """Rewards of every ensemble member: a float32 tensor [N, K]."""
         from mmft.reward_modeling.model import batch_images, score_rows
 
-        if self._model is None:
-            self._load()
         if completions is None:
             raise TypeError(f"reward {self.__name__!r} was called without `completions`")
+        if self._mounted is not None:
+            return self._mounted.member_rewards(prompts, completions, image=image, images=images)
+        if self._model is None:
+            self._load()
         rows = batch_images(len(completions), image, images)
         return score_rows(self._model, self._encoder, prompts, completions, rows, self.batch_size, self._device,
                           self.__name__)
@@ -104,11 +120,13 @@ class LearnedReward:
         state = dict(self.__dict__)
         state["_model"] = None  # reloaded lazily in the receiving process
         state["_encoder"] = None
+        state["_mounted"] = None  # a live policy model stays in its process
         return state
 
     def __repr__(self) -> str:
+        mounted = f", mounted as {self._mounted.adapter_name!r}" if self._mounted is not None else ""
         return (f"LearnedReward({self.path!r}, heads={self.num_heads}, "
-                f"uncertainty_penalty={self.uncertainty_penalty}, name={self.__name__!r})")
+                f"uncertainty_penalty={self.uncertainty_penalty}, name={self.__name__!r}{mounted})")
 
 
 class LearnedRewardStd:

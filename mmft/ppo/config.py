@@ -50,6 +50,14 @@ class RLConfig(TrainingArguments):
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward function."})
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "Subtract this from the score of responses without a stop token."})
+    mount_reward_models: bool = field(
+        default=False, metadata={"help": "Score every reward_models.LearnedReward among the rewards through the "
+                                         "policy's base, its LoRA loaded there as one more frozen adapter, instead "
+                                         "of loading a second copy of the base (memory: one adapter and a head). "
+                                         "The reward model must have been trained on this base (an error names "
+                                         "the reward otherwise); scores equal the standalone model's when the "
+                                         "policy's base has the same dtype (not with load_in_4bit). Not with "
+                                         "DeepSpeed ZeRO-3."})
 
     # KL control
     kl_coef: float = field(default=0.05, metadata={"help": "beta: KL penalty coefficient (initial, if adaptive)."})

@@ -41,8 +41,9 @@ class MountedReward:
     """
 
     def __init__(self, actor_critic: ActorCritic, head: torch.nn.Module, encoder: RewardEncoder,
-                 uncertainty_penalty: float, batch_size: int, name: str):
+                 uncertainty_penalty: float, batch_size: int, name: str, adapter_name: str = REWARD):
         self.actor_critic = actor_critic
+        self.adapter_name = adapter_name
         self.head = head
         self.encoder = encoder
         self.uncertainty_penalty = uncertainty_penalty
@@ -55,13 +56,13 @@ class MountedReward:
         peft_model = self.actor_critic.policy
         was_training = peft_model.training
         # inference_mode: set_adapter would otherwise mark the reward adapter trainable.
-        peft_model.set_adapter(REWARD, inference_mode=True)
+        peft_model.set_adapter(self.adapter_name, inference_mode=True)
         peft_model.eval()
         try:
             return self.head(last_token_hidden(peft_model, inputs, last_index))
         finally:
             self.actor_critic.activate(POLICY)  # policy (and value) trainable again, "ref" frozen
-            peft_model.set_requires_grad(REWARD, requires_grad=False)
+            peft_model.set_requires_grad(self.adapter_name, requires_grad=False)
             peft_model.train(was_training)
 
     def member_rewards(self, prompts, completions, image=None, images=None) -> torch.Tensor:
@@ -85,23 +86,25 @@ class MountedReward:
 
 
 def mount_reward_adapter(actor_critic: ActorCritic, rm_path: str | os.PathLike, uncertainty_penalty: float | None = None,
-                         batch_size: int = 16, name: str = "learned") -> MountedReward:
+                         batch_size: int = 16, name: str = "learned", adapter_name: str = REWARD) -> MountedReward:
     """Load the reward model at `rm_path` into `actor_critic.policy` as the frozen adapter
-    "reward" and return a reward callable that scores through the shared base.
+    `adapter_name` ("reward") and return a reward callable that scores through the shared base.
 
     Call it on the unwrapped ActorCritic before `accelerator.prepare` (DDP registers
     parameters at wrap time; the reward adapter is frozen either way).
 
     Raises:
         RewardModelError: `rm_path` is not a reward model, or it was trained on another base
-            (input embeddings differ), so its adapter would be meaningless on this one.
+            (input embeddings differ), so its adapter would be meaningless on this one, or the
+            policy model already holds an adapter of that name.
     """
     from mmft.models.loading import load_processor
 
     info = read_info(rm_path)
     peft_model = actor_critic.policy
-    if REWARD in peft_model.peft_config:
-        raise RewardModelError(f"The policy model already holds an adapter named {REWARD!r}; mount one reward model.")
+    if adapter_name in peft_model.peft_config:
+        raise RewardModelError(f"The policy model already holds an adapter named {adapter_name!r}; mount this "
+                               "reward model under another adapter_name.")
     if peft_model.config.model_type != info.model_type or (
             info.base_fingerprint and not same_base(base_fingerprint(peft_model), info.base_fingerprint)):
         raise RewardModelError(
@@ -110,8 +113,8 @@ def mount_reward_adapter(actor_critic: ActorCritic, rm_path: str | os.PathLike, 
             "Use reward_models.LearnedReward(path) as a separate reward model instead."
         )
     device = next(peft_model.parameters()).device
-    peft_model.load_adapter(str(rm_path), adapter_name=REWARD, is_trainable=False, torch_device=str(device))
-    peft_model.set_requires_grad(REWARD, requires_grad=False)
+    peft_model.load_adapter(str(rm_path), adapter_name=adapter_name, is_trainable=False, torch_device=str(device))
+    peft_model.set_requires_grad(adapter_name, requires_grad=False)
     actor_critic.activate(POLICY)
     actor_critic.__dict__.pop("_lora_layer_cache", None)  # new LoRA layers if the RM targets other modules
     head = load_head(rm_path, info).to(device)
@@ -119,4 +122,49 @@ def mount_reward_adapter(actor_critic: ActorCritic, rm_path: str | os.PathLike, 
         p.requires_grad_(False)
     encoder = RewardEncoder(load_processor(rm_path), info.model_type, info.eos_token_id, info.max_completion_length)
     lam = info.uncertainty_penalty if uncertainty_penalty is None else float(uncertainty_penalty)
-    return MountedReward(actor_critic, head, encoder, lam, batch_size, name)
+    return MountedReward(actor_critic, head, encoder, lam, batch_size, name, adapter_name)
+
+
+def learned_rewards(reward_funcs) -> list:
+    """The `reward_models.LearnedReward` objects among `reward_funcs` (a list or a
+    `RewardComposer`, nested composers included), in order."""
+    from mmft.rewards import RewardComposer
+    from reward_models.learned import LearnedReward
+
+    funcs = reward_funcs.reward_funcs if isinstance(reward_funcs, RewardComposer) else list(reward_funcs)
+    found = []
+    for func in funcs:
+        if isinstance(func, LearnedReward):
+            found.append(func)
+        elif isinstance(func, RewardComposer):
+            found += learned_rewards(func)
+    return found
+
+
+def mount_learned_rewards(actor_critic: ActorCritic, reward_funcs) -> list[str]:
+    """Mount every `LearnedReward` among `reward_funcs` on `actor_critic`'s base (what
+    `RLConfig.mount_reward_models` does at trainer construction).
+
+    Each one's adapter joins the policy model as a frozen adapter ("reward", then
+    "reward_1", ...), and the `LearnedReward` object itself then scores through it
+    (`LearnedReward.mount`): same object, same name, same `std_reward()` companion, no
+    second model loaded. Returns the adapter names, in order.
+
+    Raises:
+        RewardModelError: naming the reward, when one was trained on another base.
+    """
+    names = []
+    for i, reward in enumerate(learned_rewards(reward_funcs)):
+        adapter_name = REWARD if i == 0 else f"{REWARD}_{i}"
+        try:
+            mounted = mount_reward_adapter(actor_critic, reward.path, reward.uncertainty_penalty, reward.batch_size,
+                                           reward.__name__, adapter_name)
+        except RewardModelError as err:
+            raise RewardModelError(
+                f"reward {reward.__name__!r} ({reward!r}) cannot be mounted on the policy's base "
+                f"(mount_reward_models=True): {err} In a trainer: mount_reward_models=False loads it as a separate "
+                "model."
+            ) from err
+        reward.mount(mounted)
+        names.append(adapter_name)
+    return names

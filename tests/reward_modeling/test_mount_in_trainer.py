@@ -76,3 +76,15 @@ def test_mounting_requested_on_another_base_names_the_reward(trained_rm, tiny_vl
     # Off (the default), the same reward stays a separate model and the trainer builds.
     trainer = _ppo_trainer(other_base, tmp_path / "b", [reward])
     assert not reward.is_mounted and "reward" not in trainer.unwrapped.policy.peft_config
+
+
+def test_learned_reward_from_a_recipe_rewards_section_is_mounted(trained_rm, tiny_vlm_dir, tmp_path):
+    from mmft.rewards import load_rewards
+
+    # What a recipe YAML's `rewards:` builds: a composer holding the registry's "learned" reward.
+    composer = load_rewards([{"name": "learned", "weight": 1.0, "kwargs": {"path": trained_rm(), "name": "rm"}},
+                             {"name": "length", "weight": 0.0, "kwargs": {"target": 12}}])
+    trainer = _ppo_trainer(tiny_vlm_dir("llava"), tmp_path, composer, mount_reward_models=True)
+    reward = composer.reward_funcs[0]
+    assert trainer.rewards is composer and reward.is_mounted
+    assert "mounted as 'reward'" in repr(reward) and "reward" in trainer.unwrapped.policy.peft_config

@@ -6,8 +6,10 @@ against naive separate copies, from tiny models to a realistic size (issues 3 an
     python scripts/bench_memory.py --models realistic --json m.json # one model only
 
 Per model, three measurements, each in its own child process with the same batch
-(B prompts with their image, responses of exactly `max_new_tokens` tokens: the rollout
-pads every response to that length, so the SFT targets get it too) and the same LoRA
+(B prompts with their image; SFT targets of `max_new_tokens` tokens; the rollouts are
+cut to their longest response, which is `max_new_tokens` for the random-weight models,
+which practically never sample their EOS, and can be shorter for the trained demo model,
+whose `response/length` the JSON records) and the same LoRA
 (rank 16 on the language model's linear layers):
 
 - sft: one LoRA SFT step (forward, backward, AdamW step) on prompt + caption;

@@ -22,7 +22,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from mmft.data.collator import PromptBatch, VLMCollator
-from mmft.models.arch import freeze_vision_tower, lora_target_modules
+from mmft.models.arch import freeze_vision_tower, lora_target_modules, multimodal_token_ids
 from mmft.models.loading import load_processor, load_vlm
 from mmft.models.roles import POLICY, REF, VALUE, ActorCritic
 from mmft.ppo import core
@@ -115,6 +115,7 @@ class RLTrainer:
         self.tokenizer = self.processor.tokenizer
         self.model_type = model.config.model_type
         self.stop_ids = stop_token_ids(model.generation_config, self.tokenizer)
+        self.suppress_ids = multimodal_token_ids(model.config, self.processor)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
 
         self._check_columns(train_dataset, "train_dataset")
@@ -325,6 +326,7 @@ class RLTrainer:
             unwrapped.activate(POLICY)
             return generate(
                 unwrapped.policy, prompts, max_new_tokens=args.max_new_tokens, stop_ids=self.stop_ids,
+                suppress_ids=self.suppress_ids,
                 pad_id=self.pad_id, do_sample=not greedy, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p,
             )

@@ -73,8 +73,10 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     num_beams: int = 1,
+    suppress_ids: list[int] | None = None,
 ) -> Rollout:
-    """Sample (or decode greedily) one response per prompt row."""
+    """Sample (or decode greedily) one response per prompt row; `suppress_ids` are never
+    generated (image placeholder tokens: see `mmft.models.arch.multimodal_token_ids`)."""
     from transformers import GenerationConfig
 
     inputs = {k: v.to(_device(model)) for k, v in prompts.inputs.items()}
@@ -87,6 +89,7 @@ def generate(
         num_beams=num_beams,
         eos_token_id=stop_ids,
         pad_token_id=pad_id,
+        suppress_tokens=list(suppress_ids) if suppress_ids else None,
     )
     out = model.generate(**inputs, generation_config=config)
     sequences = out[:, prompts.prompt_length:]

@@ -65,3 +65,32 @@ def freeze_vision_tower(model: torch.nn.Module) -> None:
     for name, param in model.named_parameters():
         if any(part in name for part in ("vision_tower", "vision_model", "visual.")):
             param.requires_grad_(False)
+
+
+_PLACEHOLDER_WORDS = ("image", "video", "vision", "boi", "eoi", "audio")
+_PROCESSOR_TOKENS = ("image_token", "video_token", "fake_image_token", "boi_token", "eoi_token",
+                     "vision_start_token", "vision_end_token", "audio_token")
+
+
+def multimodal_token_ids(config, processor=None) -> list[int]:
+    """Ids of the tokens that stand for images, videos or their boundaries (`<image>`,
+    `<|image_pad|>`, `<|vision_start|>`, `<start_of_image>`, ...), from the model config's
+    `*_token_id` / `*_token_index` fields and the processor's token strings.
+
+    A response must never contain one: in the training-layout forward the model would
+    count it as one more image placeholder and fail ("Image features and image tokens do
+    not match"), or shift Qwen's M-RoPE positions. Sampling suppresses them."""
+    ids: set[int] = set()
+    for key, value in config.to_dict().items():
+        if (isinstance(value, int) and value >= 0 and key.endswith(("_token_id", "_token_index"))
+                and any(w in key for w in _PLACEHOLDER_WORDS)):
+            ids.add(value)
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        for attr in _PROCESSOR_TOKENS:
+            token = getattr(processor, attr, None)
+            if isinstance(token, str):
+                token_id = tokenizer.convert_tokens_to_ids(token)
+                if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+                    ids.add(token_id)
+    return sorted(ids)

@@ -61,13 +61,13 @@ SCRIPT = Path(__file__).resolve()
 # Default (full) and --quick settings. `batch` = completions per iteration.
 FULL = dict(
     micro_batch=16, grad_accum=2, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
-    kl_coef=0.02, lora_r=16, lora_alpha=32, seed=0, train_scenes=2000,
+    kl_coef=0.02, lora_r=16, lora_alpha=32, lora_targets="language+projector", seed=0, train_scenes=2000,
     speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
     quality_iterations=6, quality_epochs=1, eval_scenes=200, eval_batch=50,
 )
 QUICK = dict(
     micro_batch=4, grad_accum=1, num_generations=2, max_new_tokens=6, temperature=1.0, learning_rate=1e-3,
-    kl_coef=0.02, lora_r=8, lora_alpha=16, seed=0, train_scenes=32,
+    kl_coef=0.02, lora_r=8, lora_alpha=16, lora_targets="language", seed=0, train_scenes=32,
     speed_iterations=2, repeats=1,
     quality_iterations=1, quality_epochs=1, eval_scenes=8, eval_batch=8,
 )
@@ -89,7 +89,9 @@ def _reward(train):
 def _lora(s: dict):
     from mmft.rl_trainer import default_lora_config
 
-    return default_lora_config("language", s["lora_r"], s["lora_alpha"])
+    # The demo's preset: the demo base reads the image through its projector (see
+    # recipes/caption_ppo.py DEMO_DEFAULTS); the same LoRA for every system.
+    return default_lora_config(s["lora_targets"], s["lora_r"], s["lora_alpha"])
 
 
 def mmft_config(kind: str, s: dict, out: str, iterations: int, epochs: int):

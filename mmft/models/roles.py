@@ -128,6 +128,13 @@ class ActorCritic(nn.Module):
         with whichever adapter is active at backward time (ppo_spec.md, adapter traps)."""
         kwargs = dict(gradient_checkpointing_kwargs or {})
         kwargs.setdefault("use_reentrant", False)
+        if kwargs["use_reentrant"] and len(self._trainable_adapters) > 1:
+            raise ValueError(
+                "gradient_checkpointing_kwargs={'use_reentrant': True} with the shared critic: reentrant "
+                "checkpointing recomputes every segment with the adapter active at backward time, so the policy "
+                "and value passes of one backward would get each other's activations (wrong gradients). Use the "
+                "default non-reentrant checkpointing (it recomputes with each segment's own adapter, also under "
+                "ZeRO-3), or critic='separate'.")
         if not kwargs["use_reentrant"]:
             kwargs["context_fn"] = self._checkpoint_contexts
         for model in self._backbones():

@@ -40,6 +40,14 @@ def test_gradient_checkpointing_recomputes_each_role_with_its_adapter(tiny_vlm_d
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
+def test_reentrant_checkpointing_refused_with_the_shared_critic(tiny_vlm_dir, tmp_path):
+    data = load_synthetic_captions("train", 4)
+    with pytest.raises(ValueError, match="use_reentrant.*shared critic"):
+        PPOTrainer(tiny_vlm_dir("llava"), args=cfg(tmp_path, "re", gradient_checkpointing=True,
+                                                  gradient_checkpointing_kwargs={"use_reentrant": True}),
+                   reward_funcs=[WordCount()], train_dataset=data)
+
+
 def test_qlora_base_shared_by_policy_reference_and_critic(tiny_vlm_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb

@@ -11,8 +11,8 @@
 every trainable parameter. Its `forward(role=...)` switches the active adapter. Two peft
 traps shape it: `set_adapter` marks inactive adapters non-trainable (we mark them
 trainable again), and activation checkpointing recomputes with whichever adapter is
-active at backward time (the trainer runs each role's backward before switching when
-gradient checkpointing is on).
+active at backward time (non-reentrant checkpointing here restores each segment's own
+adapter for the recompute; reentrant checkpointing is refused with the shared critic).
 """
 
 from __future__ import annotations

@@ -80,3 +80,21 @@ def test_demo_defaults_build_the_base_and_run(tmp_path):
     results = json.loads((out / "eval_results.json").read_text())
     assert results["before"]["CIDEr"] > 0.2  # the SFT base captions held-out scenes reasonably
     assert "CIDEr" in proc.stdout
+
+
+def test_demo_settings_per_algorithm_and_overrides():
+    """No --config: PPO gets the demo's settings, SCST those plus its stable variant
+    (leave-one-out baseline); the command line still wins over both."""
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    try:
+        import caption_ppo
+    finally:
+        sys.path.pop(0)
+    script, ppo, _ = caption_ppo.parse_args([])
+    assert type(ppo).__name__ == "PPOConfig" and ppo.num_mini_batches == 4 and ppo.kl_coef == 0.05
+    assert script.lora_targets == "language+projector"
+    _, scst, _ = caption_ppo.parse_args(["--algorithm", "scst"])
+    assert (scst.baseline, scst.num_generations, scst.kl_coef) == ("mean", 4, 0.0)
+    assert scst.rollout_batch_size == ppo.rollout_batch_size  # the same samples per iteration
+    _, greedy, _ = caption_ppo.parse_args(["--algorithm", "scst", "--baseline", "greedy", "--num_generations", "1"])
+    assert (greedy.baseline, greedy.num_generations) == ("greedy", 1)

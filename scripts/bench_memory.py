@@ -193,7 +193,7 @@ def mode_naive(spec: dict) -> dict:
     from mmft.ppo import core
     from mmft.rollout import generate, stop_token_ids, training_inputs
 
-    B, R = spec["batch"], spec["max_new_tokens"]
+    B, max_new = spec["batch"], spec["max_new_tokens"]
     processor = load_processor(spec["model"])
     tok = processor.tokenizer
 
@@ -216,12 +216,12 @@ def mode_naive(spec: dict) -> dict:
     model_type = policy.config.model_type
     for _ in range(spec.get("steps", 1)):
         # 1. rollout with the policy copy
-        ro = generate(policy, prompts, max_new_tokens=R, stop_ids=stop_token_ids(policy.generation_config, tok),
+        ro = generate(policy, prompts, max_new_tokens=max_new, stop_ids=stop_token_ids(policy.generation_config, tok),
                       pad_id=tok.pad_token_id)
         inputs = {k: v.to(dev) for k, v in training_inputs(prompts, ro.response_ids, ro.response_mask,
                                                            model_type).items()}
         ids, mask = ro.response_ids.to(dev), ro.response_mask.to(dev)
-        P = prompts.prompt_length
+        P, R = prompts.prompt_length, ids.shape[1]  # responses are cut to the longest one
         # 2-4. old log-probs (policy), reference log-probs (reference copy), values (critic copy)
         with torch.no_grad():
             old = selective_log_softmax(response_logits(policy, inputs, P, R, 1.0), ids)

@@ -40,6 +40,10 @@ class RewardModelConfig(TrainingArguments):
         default=128, metadata={"help": "Response tokens kept (EOS included); longer responses are truncated."})
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Longest prompt after image expansion; longer ones are an error."})
+    eval_shuffled_images: bool = field(
+        default=True, metadata={"help": "Also evaluate with the held-out images shuffled among the pairs "
+                                        "(eval/accuracy_shuffled_images): near 0.5 when the model judges by the "
+                                        "image, near eval/accuracy when it learned text-only preferences."})
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off (LoRA too) for deterministic "
                                                                   "rewards."})
 

@@ -11,7 +11,8 @@ Each optimizer step:
   3. loss = BT(r_c, r_r, margin; per-head bootstrap weights) + c * mean((r_c + r_r)^2);
   4. backward through accelerate (gradient accumulation, DDP/DeepSpeed), clip, step.
 Held-out pair accuracy and mean reward margin are computed every `eval_steps` and at
-the end, gathered over ranks.
+the end, gathered over ranks, and the accuracy with the held-out images shuffled among
+the pairs (does the model read the image?).
 """
 
 from __future__ import annotations
@@ -58,6 +59,36 @@ def check_preference_dataset(dataset, name: str) -> None:
         )
     if len(dataset) == 0:
         raise DataError(f"{name} holds no pairs (an empty export?): label some pairs A or B first.")
+
+
+def shuffled_images(dataset, seed: int) -> list[int] | None:
+    """For each row, another row whose image(s) it borrows (same number of images; no row
+    keeps its own), or None when there are too few rows with images to shuffle.
+
+    The held-out accuracy with shuffled images tells whether a reward model reads the
+    image: a model judging captions by what the image shows falls towards 0.5, one that
+    learned text-only preferences keeps its accuracy."""
+    if "images" in dataset.column_names:
+        counts = [len(x) if x else 0 for x in dataset.select_columns("images")["images"]]
+    elif "image" in dataset.column_names:
+        counts = [1] * len(dataset)
+    else:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    image_from = list(range(len(dataset)))
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(counts):
+        if n:
+            groups.setdefault(n, []).append(i)
+    shuffled = False
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        order = [rows[j] for j in torch.randperm(len(rows), generator=g).tolist()]
+        for a, b in zip(order, order[1:] + order[:1]):  # a cycle: nobody keeps their own
+            image_from[a] = b
+        shuffled = True
+    return image_from if shuffled else None
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -169,11 +200,16 @@ class RewardModelTrainer:
             self.accelerator.init_trackers("reward_model")
 
     # ------------------------------------------------------------------ data
-    def collate(self, dataset, indices: list[int]) -> dict:
+    def collate(self, dataset, indices: list[int], image_from: list[int] | None = None) -> dict:
+        """A preference batch of `dataset[indices]`; with `image_from`, row i gets the
+        image(s) of row image_from[i] (the shuffled-image diagnostic)."""
         rows = []
         for i in indices:
             try:
                 rows.append(dataset[int(i)])
+                if image_from is not None:
+                    other = dataset[int(image_from[int(i)])]
+                    rows[-1].update({k: other[k] for k in ("image", "images") if k in other})
             except Exception as err:  # an unreadable image surfaces when the row is decoded
                 raise DataError(f"Sample {i}: could not read this row ({type(err).__name__}: {err}).") from err
         return self.encoder.pairs(rows, [int(i) for i in indices])
@@ -263,11 +299,11 @@ class RewardModelTrainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict(self, dataset) -> dict[str, torch.Tensor]:
+    def predict(self, dataset, image_from: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Rewards of every pair of `dataset`, gathered over ranks, in dataset order:
-        `chosen` [N, K], `rejected` [N, K], `index` [N]."""
+        `chosen` [N, K], `rejected` [N, K], `index` [N]. `image_from`: see `collate`."""
         loader = DataLoader(_Indices(len(dataset)), batch_size=self.args.per_device_eval_batch_size,
-                            collate_fn=lambda idx: self.collate(dataset, idx))
+                            collate_fn=lambda idx: self.collate(dataset, idx, image_from))
         loader = self.accelerator.prepare_data_loader(loader)
         was_training = self.model.training
         self.model.eval()
@@ -306,6 +342,11 @@ class RewardModelTrainer:
             metrics["eval/std"] = torch.cat([std_c, std_r]).mean().item()
             for k in range(c.shape[1]):
                 metrics[f"eval/accuracy_head{k}"] = core.pair_accuracy(c[:, k], r[:, k]).mean().item()
+        image_from = shuffled_images(dataset, self.args.seed) if self.args.eval_shuffled_images else None
+        if image_from is not None:
+            shuffled = self.predict(dataset, image_from)
+            metrics["eval/accuracy_shuffled_images"] = core.pair_accuracy(
+                shuffled["chosen"].mean(-1), shuffled["rejected"].mean(-1)).mean().item()
         return metrics
 
     # ------------------------------------------------------------------ saving

@@ -29,6 +29,8 @@ def test_learns_held_out_preferences_and_trains_only_lora_and_heads(tiny_vlm_dir
     assert before["eval/accuracy"] < 0.9
     assert after["eval/accuracy"] >= 0.9 and after["eval/margin"] > before["eval/margin"]
     assert {"eval/std", "eval/accuracy_head0", "eval/accuracy_head1"} <= set(after)
+    # The preference ("noise" appended) is visible in the text alone: shuffling the images keeps it.
+    assert after["eval/accuracy_shuffled_images"] >= 0.9
     assert history[-1]["eval/accuracy"] == after["eval/accuracy"]  # final eval logged
     end = _params(trainer.unwrapped)
     changed = {n for n in start if not torch.equal(start[n], end[n])}
@@ -69,6 +71,34 @@ def test_reward_depends_on_the_image(trained_rm):
     caption = [{"role": "assistant", "content": ds[0]["chosen"][0]["content"]}]
     scores = reward(prompts=[ds[0]["prompt"]] * 2, completions=[caption, caption], image=[ds[0]["image"], ds[1]["image"]])
     assert abs(scores[0] - scores[1]) > 1e-4
+
+
+def test_shuffled_image_accuracy_scores_each_pair_with_another_pairs_image(tiny_vlm_dir, tmp_path):
+    from datasets import Dataset
+    from PIL import Image
+
+    from mmft.reward_modeling import core
+    from mmft.reward_modeling.trainer import shuffled_images
+
+    held_out = preference_dataset(6, offset=300)
+    trainer = train_reward_model(tiny_vlm_dir("llava"), str(tmp_path), preference_dataset(4), held_out)
+    image_from = shuffled_images(held_out, seed=0)
+    assert sorted(image_from) == list(range(6)) and all(i != j for i, j in enumerate(image_from))
+    # The same pairs with the images actually moved, scored by the plain path.
+    moved = held_out.map(lambda row, i: {"image": held_out[image_from[i]]["image"]}, with_indices=True)
+    pred = trainer.predict(moved)
+    expected = core.pair_accuracy(pred["chosen"].mean(-1), pred["rejected"].mean(-1)).mean().item()
+    metrics = trainer.evaluate(held_out)
+    assert metrics["eval/accuracy_shuffled_images"] == expected
+    assert trainer.predict(moved)["chosen"].ne(trainer.predict(held_out)["chosen"]).any()
+
+    # `images` lists: rows swap only with rows holding as many images; a lone row keeps its own.
+    img = Image.new("RGB", (8, 8))
+    multi = Dataset.from_dict({"images": [[img], [img, img], [img], [img, img], [img, img, img]]})
+    image_from = shuffled_images(multi, seed=1)
+    assert {image_from[0], image_from[2]} == {2, 0} and {image_from[1], image_from[3]} == {3, 1}
+    assert image_from[4] == 4
+    assert shuffled_images(Dataset.from_dict({"images": [[img], [img, img]]}), seed=0) is None
 
 
 def test_bad_datasets_are_named(tiny_vlm_dir, tmp_path):

@@ -37,7 +37,8 @@ def main() -> None:
                         gradient_accumulation_steps=opts["gas"], num_mini_batches=1, num_ppo_epochs=1,
                         max_steps=opts["max_steps"], max_new_tokens=5, eval_steps=0, save_steps=1,
                         seed=opts["seed"], top_k=opts.get("top_k", 0), max_grad_norm=0.0, learning_rate=1e-3,
-                        gradient_checkpointing=opts.get("gradient_checkpointing", False))
+                        gradient_checkpointing=opts.get("gradient_checkpointing", False),
+                        gather_for_generation=opts.get("gather", True))
     # The launcher's RANK: torch.distributed is not initialised before the trainer exists, so
     # distributed() would say rank 0 on every process here.
     launch_rank = int(os.environ.get("RANK", "0"))

@@ -89,6 +89,15 @@ def test_scst_under_zero3_two_ranks(tiny_vlm_dir, tmp_path):
     assert records[0]["digest"] == records[1]["digest"]
 
 
+def test_zero3_generation_without_gathering(tiny_vlm_dir, tmp_path):
+    """gather_for_generation=False (models too large to gather on one device): generation
+    runs on the partitioned weights, DeepSpeed fetching each layer as it goes."""
+    records, _ = run_worker("cpu_zero3.yaml", tmp_path, "nogather", model=tiny_vlm_dir("llava"), per_device=2,
+                            gas=1, max_steps=1, gather=False)
+    assert [r["zero_stage"] for r in records] == [3, 3]
+    assert all(r["losses_finite"] for r in records) and records[0]["digest"] == records[1]["digest"]
+
+
 def test_gradient_checkpointing_under_zero3_with_the_shared_critic(tiny_vlm_dir, tmp_path):
     records, out = run_worker("cpu_zero3.yaml", tmp_path, "ckpt", model=tiny_vlm_dir("llava"), per_device=2,
                               gas=1, max_steps=1, gradient_checkpointing=True)

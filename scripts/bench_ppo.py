@@ -390,6 +390,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, help="Speed runs per system (alternating).")
     p.add_argument("--speed-iterations", type=int, help="Timed iterations per speed run (+1 warm-up).")
     p.add_argument("--quality-iterations", type=int, help="Iterations of the CIDEr-D comparison.")
+    p.add_argument("--quality-epochs", type=int,
+                   help="Optimisation passes per rollout in the CIDEr-D comparison (mmft PPO num_ppo_epochs, GRPO "
+                        "num_iterations; SCST stays at one).")
     p.add_argument("--eval-scenes", type=int, help="Held-out test scenes for CIDEr-D.")
     p.add_argument("--quality-jobs", type=int, default=4,
                    help="Child processes of the CIDEr-D comparison run at once (one per system + the base).")
@@ -416,7 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     s = dict(QUICK if a.quick else FULL)
-    for key in ("repeats", "speed_iterations", "quality_iterations", "eval_scenes"):
+    for key in ("repeats", "speed_iterations", "quality_iterations", "quality_epochs", "eval_scenes"):
         if getattr(a, key) is not None:
             s[key] = getattr(a, key)
     batch = s["micro_batch"] * s["grad_accum"]

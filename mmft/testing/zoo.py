@@ -365,6 +365,10 @@ def make_tiny_vlm(
             text_config.intermediate_size = 2 * text_hidden
         if text_layers:
             text_config.num_hidden_layers = text_layers
+            # Configs with one attention type per layer (Qwen, Gemma 3) must list every layer.
+            layer_types = getattr(text_config, "layer_types", None)
+            if layer_types:
+                text_config.layer_types = [layer_types[i % len(layer_types)] for i in range(text_layers)]
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config)
     gen = model.generation_config

@@ -40,13 +40,31 @@ def test_make_tiny_reloads_offline_and_generates(arch, tmp_path):
 
 
 def test_archs_command_lists_every_architecture():
-    from mmft.cli import main
-
-    import io
     import contextlib
+    import io
+
+    from mmft.cli import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["archs"]) == 0
     listed = [line.split()[0] for line in buf.getvalue().splitlines()]
     assert listed == list(ARCHS)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "gemma3"])
+def test_text_layers_override_keeps_per_layer_attention_types(arch):
+    """Qwen and Gemma 3 configs list an attention type per layer; a deeper or shallower
+    override must list exactly as many (it raised IndexError in the forward before)."""
+    import torch
+
+    from mmft.testing.zoo import make_tiny_vlm
+
+    model, _ = make_tiny_vlm(arch, text_layers=3)
+    text = model.config.get_text_config()
+    assert text.num_hidden_layers == 3 and len(text.layer_types) == 3
+    with torch.no_grad():
+        out = model.get_input_embeddings()(torch.tensor([[5, 6, 7]]))
+        assert out.shape[-1] == text.hidden_size
+        logits = model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
+    assert logits.shape[:2] == (1, 4) and torch.isfinite(logits).all()

@@ -2,7 +2,13 @@
 
 import numpy as np
 
-from mmft.data.synthetic import SPLIT_SIZES, load_synthetic_captions, load_synthetic_vqa, make_scene, render_scene
+from mmft.data.synthetic import (
+    SPLIT_SIZES,
+    load_synthetic_captions,
+    load_synthetic_vqa,
+    make_scene,
+    render_scene,
+)
 from reward_models.scene_vocab import COLORS, POSITIONS, SHAPES, SIZES
 
 

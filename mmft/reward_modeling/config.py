@@ -34,6 +34,14 @@ class RewardModelConfig(TrainingArguments):
                                                             "bootstrap resample of the pairs (ensemble diversity)."})
     uncertainty_penalty: float = field(default=0.0, metadata={"help": "lambda saved with the model: the default "
                                                                       "penalty LearnedReward applies to the std."})
+    likelihood_term: bool = field(
+        default=False, metadata={"help": "Each head adds a learned weight times the response's mean token "
+                                         "log-likelihood given image and prompt under the backbone (its LM head, "
+                                         "LoRA included): the VLM's own image-grounded judgement of the text as a "
+                                         "prior that the pairs reweight and fine-tune. Worth it when the backbone "
+                                         "captions well and pairs are few; costs the LM head over response "
+                                         "tokens."})
+    likelihood_init: float = field(default=1.0, metadata={"help": "Initial weight of the likelihood term."})
     center_rewards_coefficient: float | None = field(
         default=0.01, metadata={"help": "Weight of mean((r_c + r_r)^2), keeping rewards centred on 0 (None: off)."})
     max_completion_length: int | None = field(

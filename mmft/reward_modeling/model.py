@@ -46,22 +46,69 @@ class RewardHead(nn.Module):
 
     Members start from different small random weights (std 0.02, as transformers
     initialises classification heads) so an ensemble's heads differ from step 0.
+
+    With `likelihood=True` each head also holds a weight `likelihood_scale` [K] (initial
+    value `likelihood_init`) on the response's mean token log-likelihood under the
+    backbone (see `RewardModel`).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int = 1, seed: int = 0):
+    def __init__(self, hidden_size: int, num_heads: int = 1, seed: int = 0, likelihood: bool = False,
+                 likelihood_init: float = 1.0):
         super().__init__()
         self.score = nn.Linear(hidden_size, num_heads)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             self.score.weight.copy_(torch.randn(num_heads, hidden_size, generator=g) * 0.02)
             self.score.bias.zero_()
+        self.likelihood_scale = nn.Parameter(torch.full((num_heads,), float(likelihood_init))) if likelihood else None
 
     @property
     def num_heads(self) -> int:
         return self.score.out_features
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.score(hidden.to(self.score.weight.dtype))
+    @property
+    def likelihood(self) -> bool:
+        return self.likelihood_scale is not None
+
+    def forward(self, hidden: torch.Tensor, log_likelihood: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [B, H] (and, with a likelihood term, the mean log-likelihood [B]) -> [B, K]."""
+        out = self.score(hidden.to(self.score.weight.dtype))
+        if self.likelihood_scale is not None:
+            out = out + self.likelihood_scale * log_likelihood.to(out.dtype).unsqueeze(-1)
+        return out
+
+
+def output_embeddings(backbone: nn.Module) -> nn.Module:
+    """The LM head of a (peft-wrapped) `XForConditionalGeneration`."""
+    model = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    head = model.get_output_embeddings()
+    if head is None:
+        raise RewardModelError(f"{type(model).__name__} has no LM head: the likelihood term needs the full "
+                               "XForConditionalGeneration model.")
+    return head
+
+
+def response_log_likelihood(backbone: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
+                            last_index: torch.Tensor, response_start: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """Mean log p(response token | image, prompt, earlier tokens) [B] over each row's
+    response (positions response_start..last_index, EOS included), from the backbone's LM
+    head on `hidden` [B, T, H]. Rows go through the LM head `chunk` at a time (the
+    logits are [rows, R, vocab])."""
+    from trl.trainer.utils import selective_log_softmax
+
+    start = int(response_start.min())
+    if start < 1 or not bool((response_start == start).all()):
+        raise ValueError("the likelihood term needs the training layout: every row's response starts at the "
+                         "same position, after a non-empty prompt")
+    lm_head = output_embeddings(backbone)
+    ids = input_ids[:, start:].to(hidden.device)
+    positions = torch.arange(start, input_ids.shape[1], device=hidden.device)
+    mask = (positions.unsqueeze(0) <= last_index.to(hidden.device).unsqueeze(1)).float()
+    logps = []
+    for i in range(0, hidden.shape[0], chunk):
+        logits = lm_head(hidden[i:i + chunk, start - 1:-1]).float()
+        logps.append(selective_log_softmax(logits, ids[i:i + chunk]))
+    return (torch.cat(logps) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
 def last_token_hidden(backbone: nn.Module, inputs: dict[str, torch.Tensor], last_index: torch.Tensor) -> torch.Tensor:
@@ -70,23 +117,47 @@ def last_token_hidden(backbone: nn.Module, inputs: dict[str, torch.Tensor], last
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index.to(hidden.device)]
 
 
+def score_inputs(backbone: nn.Module, head: RewardHead, inputs: dict[str, torch.Tensor], last_index: torch.Tensor,
+                 response_start: torch.Tensor | None = None) -> torch.Tensor:
+    """Rewards [B, K]: the heads on the hidden state of each row's last valid token
+    (`last_index` [B]), plus, with a likelihood head, its weight times the response's mean
+    log-likelihood (`response_start` [B]: where each row's response begins)."""
+    hidden = inner_model(backbone)(**inputs, use_cache=False).last_hidden_state
+    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index.to(hidden.device)]
+    if not head.likelihood:
+        return head(last)
+    if response_start is None:
+        raise ValueError("this reward model has a likelihood term: pass response_start (RewardEncoder gives it)")
+    return head(last, response_log_likelihood(backbone, hidden, inputs["input_ids"], last_index, response_start))
+
+
 class RewardModel(nn.Module):
     """Backbone (a peft model) + `RewardHead`: one module, so accelerate/DDP wraps one engine.
 
-    `forward(inputs, last_index)` -> rewards [B, K].
+    `forward(inputs, last_index, response_start)` -> rewards [B, K]: each head's linear
+    score of the last hidden state (the EOS after the response), plus, when
+    `likelihood=True`, a learned weight (initially `likelihood_init`) times the mean
+    token log-likelihood of the response given image and prompt under the backbone (the
+    VLM's own LM head, LoRA included). That term is the captioner's "how well does this
+    text describe this image" (VisualGPTScore, Lin et al. 2023), an image-grounded prior
+    that Bradley-Terry training then reweights and fine-tunes; a head on the last hidden
+    state alone has to learn the grounding from the preference pairs.
     """
 
-    def __init__(self, backbone: nn.Module, num_heads: int = 1, head: RewardHead | None = None, seed: int = 0):
+    def __init__(self, backbone: nn.Module, num_heads: int = 1, head: RewardHead | None = None, seed: int = 0,
+                 likelihood: bool = False, likelihood_init: float = 1.0):
         super().__init__()
         self.backbone = backbone
-        self.head = head if head is not None else RewardHead(text_hidden_size(backbone.config), num_heads, seed)
+        self.head = head if head is not None else RewardHead(text_hidden_size(backbone.config), num_heads, seed,
+                                                             likelihood, likelihood_init)
 
     @property
     def config(self):
         return self.backbone.config
 
-    def forward(self, inputs: dict[str, torch.Tensor], last_index: torch.Tensor) -> torch.Tensor:
-        return self.head(last_token_hidden(self.backbone, inputs, last_index)).float()
+    def forward(self, inputs: dict[str, torch.Tensor], last_index: torch.Tensor,
+                response_start: torch.Tensor | None = None) -> torch.Tensor:
+        return score_inputs(self.backbone, self.head, inputs, last_index, response_start).float()
 
 
 # ---------------------------------------------------------------------------------- encoding
@@ -208,14 +279,17 @@ class RewardEncoder:
             mask[i, : len(s)] = 1.0
         return ids, mask
 
-    def layout(self, prompts: PromptBatch, texts: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def layout(self, prompts: PromptBatch, texts: list[str]
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(inputs, last_index [B], response_start [B])."""
         ids, mask = self.responses(texts)
         inputs = training_inputs(prompts, ids, mask, self.model_type)
         last_index = prompts.prompt_length + mask.sum(-1).long() - 1
-        return inputs, last_index
+        response_start = torch.full_like(last_index, prompts.prompt_length)
+        return inputs, last_index, response_start
 
     def __call__(self, prompts: list, images: list[list], texts: list[str], indices: list[int] | None = None
-                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         indices = list(range(len(texts))) if indices is None else list(indices)
         return self.layout(self.prompts(prompts, images, indices), texts)
 
@@ -230,9 +304,9 @@ class RewardEncoder:
         B = len(prompts)
         chosen = [completion_text(r["chosen"], i) for r, i in zip(rows, indices)]
         rejected = [completion_text(r["rejected"], i) for r, i in zip(rows, indices)]
-        inputs, last_index = self.layout(prompts.select(list(range(B)) * 2), chosen + rejected)
+        inputs, last_index, response_start = self.layout(prompts.select(list(range(B)) * 2), chosen + rejected)
         margin = torch.tensor([float(r.get("margin") or 0.0) for r in rows])
-        return {"inputs": inputs, "last_index": last_index, "margin": margin,
+        return {"inputs": inputs, "last_index": last_index, "response_start": response_start, "margin": margin,
                 "index": torch.tensor(indices, dtype=torch.long)}
 
 
@@ -249,7 +323,8 @@ def batch_images(n: int, image=None, images=None) -> list[list]:
 def score_rows(forward, encoder: RewardEncoder, prompts: list, completions: list, images: list[list],
                batch_size: int, device, name: str) -> torch.Tensor:
     """Member rewards [N, K] of N (prompt, images, completion) rows, `batch_size` rows per
-    forward. `forward(inputs, last_index) -> [B, K]`; `name` goes into error messages."""
+    forward. `forward(inputs, last_index, response_start) -> [B, K]`; `name` goes into error
+    messages."""
     n = len(completions)
     if prompts is None or len(prompts) != n or len(images) != n:
         raise ValueError(f"reward {name!r}: got {n} completions, "
@@ -260,11 +335,12 @@ def score_rows(forward, encoder: RewardEncoder, prompts: list, completions: list
         idx = list(range(start, min(start + batch_size, n)))
         try:
             texts = [completion_text(completions[i], i) for i in idx]
-            inputs, last_index = encoder([prompts[i] for i in idx], [images[i] for i in idx], texts, idx)
+            inputs, last_index, response_start = encoder([prompts[i] for i in idx], [images[i] for i in idx], texts,
+                                                         idx)
         except DataError as err:
             raise DataError(f"reward {name!r}: {err}") from err
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        out.append(forward(inputs, last_index.to(device)).float().cpu())
+        out.append(forward(inputs, last_index.to(device), response_start.to(device)).float().cpu())
     return torch.cat(out)
 
 
@@ -280,6 +356,7 @@ class RewardModelInfo:
     eos_token_id: int
     max_completion_length: int | None = None
     uncertainty_penalty: float = 0.0
+    likelihood: bool = False  # the heads add a weight times the response's mean log-likelihood
     base_fingerprint: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     format: str = FORMAT
@@ -329,7 +406,7 @@ def read_info(path: str | os.PathLike) -> RewardModelInfo:
 def load_head(path: str | os.PathLike, info: RewardModelInfo) -> RewardHead:
     from safetensors.torch import load_file
 
-    head = RewardHead(info.hidden_size, info.num_heads)
+    head = RewardHead(info.hidden_size, info.num_heads, likelihood=info.likelihood)
     state = load_file(str(Path(path) / REWARD_HEAD))
     head.load_state_dict(state)
     return head

@@ -22,10 +22,10 @@ from mmft.reward_modeling.model import (
     RewardModelError,
     base_fingerprint,
     batch_images,
-    last_token_hidden,
     load_head,
     read_info,
     same_base,
+    score_inputs,
     score_rows,
 )
 
@@ -52,14 +52,15 @@ class MountedReward:
         self.last_mean: list[float] | None = None
         self.last_std: list[float] | None = None
 
-    def _forward(self, inputs: dict[str, torch.Tensor], last_index: torch.Tensor) -> torch.Tensor:
+    def _forward(self, inputs: dict[str, torch.Tensor], last_index: torch.Tensor,
+                 response_start: torch.Tensor | None = None) -> torch.Tensor:
         peft_model = self.actor_critic.policy
         was_training = peft_model.training
         # inference_mode: set_adapter would otherwise mark the reward adapter trainable.
         peft_model.set_adapter(self.adapter_name, inference_mode=True)
         peft_model.eval()
         try:
-            return self.head(last_token_hidden(peft_model, inputs, last_index))
+            return score_inputs(peft_model, self.head, inputs, last_index, response_start)
         finally:
             self.actor_critic.activate(POLICY)  # policy (and value) trainable again, "ref" frozen
             peft_model.set_requires_grad(self.adapter_name, requires_grad=False)

@@ -163,12 +163,13 @@ class RewardModelTrainer:
         backbone = get_peft_model(model, peft_config or default_lora_config())
         if args.disable_dropout:
             disable_dropout_in_model(backbone)
-        reward_model = RewardModel(backbone, args.num_heads, seed=args.seed)
+        reward_model = RewardModel(backbone, args.num_heads, seed=args.seed, likelihood=args.likelihood_term,
+                                   likelihood_init=args.likelihood_init)
         self.info = RewardModelInfo(
             base_model_name_or_path=self.model_name_or_path, model_type=model.config.model_type,
             hidden_size=text_hidden_size(model.config), num_heads=args.num_heads, eos_token_id=int(eos),
             max_completion_length=args.max_completion_length, uncertainty_penalty=args.uncertainty_penalty,
-            base_fingerprint=self.fingerprint,
+            base_fingerprint=self.fingerprint, likelihood=args.likelihood_term,
         )
         self.encoder = RewardEncoder(self.processor, self.info.model_type, eos, args.max_completion_length,
                                      args.max_prompt_length)
@@ -231,7 +232,7 @@ class RewardModelTrainer:
             for batch in self.train_loader:
                 with self.accelerator.accumulate(self.model):
                     # 1-2. Chosen rows then rejected rows in one forward: rewards [2B, K].
-                    rewards = self.model(batch["inputs"], batch["last_index"])
+                    rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
                     B = batch["index"].shape[0]
                     chosen, rejected = rewards[:B], rewards[B:]
                     # 3. Bradley-Terry (+ centring); each head weighs pairs by its bootstrap counts.
@@ -309,7 +310,7 @@ class RewardModelTrainer:
         self.model.eval()
         out: dict[str, list] = {"chosen": [], "rejected": [], "index": []}
         for batch in loader:
-            rewards = self.model(batch["inputs"], batch["last_index"])
+            rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
             B = batch["index"].shape[0]
             # Gather at the metric boundary only: every rank scored its shard.
             c, r, i = self.accelerator.gather_for_metrics((rewards[:B], rewards[B:], batch["index"]))

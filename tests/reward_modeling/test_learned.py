@@ -75,7 +75,7 @@ def _disagreeing_ensemble(rm_dir: str, out_dir) -> tuple[list, list]:
     rows = _rows(2, offset=600)
     encoder = RewardEncoder(processor, info.model_type, info.eos_token_id)
     texts = [c[0]["content"] for c in rows["chosen"]]
-    inputs, last = encoder(rows["prompt"], [[im] for im in rows["image"]], texts)
+    inputs, last, _ = encoder(rows["prompt"], [[im] for im in rows["image"]], texts)
     with torch.no_grad():
         h = last_token_hidden(model.backbone, inputs, last).double()
     h0, h1 = h[0], h[1]

@@ -34,20 +34,75 @@ def load_preferences(spec: str | os.PathLike, split: str = "train"):
                         "written by `mmft label export` or a Hugging Face dataset id.") from err
 
 
+def _image_keys(dataset) -> list | None:
+    """One identity per row for its image(s): the file name, or a hash of the bytes when
+    there is none (images are not decoded). None without an image column."""
+    import hashlib
+
+    from datasets import Image, List, Sequence
+
+    column = "images" if "images" in dataset.column_names else "image" if "image" in dataset.column_names else None
+    if column is None:
+        return None
+    feature = dataset.features[column]
+    if isinstance(feature, Image):
+        raw = dataset.cast_column(column, Image(decode=False))[column]
+        raw = [[x] for x in raw]
+    elif isinstance(feature, (List, Sequence)) and isinstance(feature.feature, Image):
+        raw = dataset.cast_column(column, List(Image(decode=False)))[column]
+    else:
+        return None
+
+    def key(image) -> str | None:
+        if not image:
+            return None
+        if image.get("path"):
+            return image["path"]
+        return hashlib.sha1(image["bytes"]).hexdigest() if image.get("bytes") else None
+
+    keys = [tuple(key(x) for x in (images or [])) for images in raw]
+    return None if any(k == () or None in k for k in keys) else keys
+
+
 def held_out_split(dataset, fraction: float, seed: int = 0):
-    """(train, held_out): a seeded split by `pair_id` when the column exists, so two
-    labelers' rows of the same pair never straddle the split (that would leak the pair)."""
+    """(train, held_out): a seeded split of whole groups, so nothing of a held-out pair is
+    trained on. A group is every row sharing a `pair_id` (two labelers' rows of one pair)
+    or an image (several pairs of captions for one image, make_pairs --pairs_per_image):
+    held-out accuracy then measures images the reward model has not seen. Without those
+    columns, rows are split one by one."""
     if not 0 < fraction < 1:
         raise ValueError(f"eval_fraction must be in (0, 1), got {fraction}.")
     import random
 
-    keys = dataset["pair_id"] if "pair_id" in dataset.column_names else list(range(len(dataset)))
-    groups = sorted(set(keys), key=str)
+    n = len(dataset)
+    pair_ids = dataset["pair_id"] if "pair_id" in dataset.column_names else None
+    images = _image_keys(dataset)
+    # Union-find over rows: join rows that share a pair id or an image.
+    parent = list(range(n))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for keys in (pair_ids, images):
+        if keys is None:
+            continue
+        first: dict = {}
+        for i, k in enumerate(keys):
+            j = first.setdefault(k, i)
+            if j != i:
+                parent[find(i)] = find(j)
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(find(i), []).append(i)
+    groups = sorted(members.values())
     random.Random(seed).shuffle(groups)
     n_eval = max(1, round(fraction * len(groups)))
     if n_eval >= len(groups):
         raise DataError(f"{len(groups)} pair(s) are too few to hold out {fraction:.0%} and still train; label more.")
-    held = set(groups[:n_eval])
-    train_idx = [i for i, k in enumerate(keys) if k not in held]
-    eval_idx = [i for i, k in enumerate(keys) if k in held]
+    eval_idx = sorted(i for g in groups[:n_eval] for i in g)
+    held = set(eval_idx)
+    train_idx = [i for i in range(n) if i not in held]
     return dataset.select(train_idx), dataset.select(eval_idx)

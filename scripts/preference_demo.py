@@ -10,10 +10,18 @@
    scene's true attributes correctly (reward_models.AttributeReward: recall of the true
    attributes minus the share of named attributes that are wrong); equal scores are "tie".
 3. Export: `mmft label export` writes the preference dataset (ties are not rows).
-4. Reward model: the demo base + LoRA + a scalar head, Bradley-Terry on the export;
-   accuracy on held-out pairs (split by pair_id) must reach `--min_rm_accuracy` (0.9).
+4. Reward model: Bradley-Terry on the export, LoRA + a scalar head with the likelihood
+   term (RewardModelConfig.likelihood_term) on its backbone: the demo base's SFT recipe run
+   for `--rm_backbone_steps` (1,200; built once, cached like the demo base), a better
+   captioner than the policy's base, as reward models start from a strong SFT model. On
+   the demo base itself (`--rm_backbone_steps 0`) a reward model cannot judge attributes
+   the base does not see (see docs/preference.md). Held-out accuracy (split by pair and
+   image) is compared with `--min_rm_accuracy` (0.9); also recorded: the accuracy with
+   the held-out images shuffled (near 0.5: the model judges by the image) and by how far
+   apart the oracle scored the two captions.
 5. PPO: the demo base with LoRA policy and critic adapters, the learned reward
-   (reward_models.LearnedReward on the saved folder) as the only reward.
+   (reward_models.LearnedReward on the saved folder) as the only reward; mounted on the
+   policy's base (mount_reward_models) when the reward model shares it.
 6. Oracle accuracy (mean AttributeReward) of greedy captions on held-out test scenes,
    before and after PPO.
 Also recorded: the base's caption loss on test scenes with matched and with shuffled
@@ -43,9 +51,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class DemoSettings:
-    num_pair_images: int = 1000  # training scenes captioned twice -> one pair each
+    num_pair_images: int = 2000  # training scenes captioned twice -> one pair each (the split has 2,000)
     pair_temperature: float = 1.0
     eval_fraction: float = 0.15  # pairs held out for the reward model's accuracy
+    # The reward model's backbone: the demo base's recipe (mmft.demo.DemoBaseSpec) run for this
+    # many SFT steps, a better captioner than the policy's base (0: the policy's own base, which
+    # PPO then shares with the reward model, mount_reward_models=True).
+    rm_backbone_steps: int = 1200
+    rm_likelihood: bool = True  # RewardModelConfig.likelihood_term
     rm_epochs: float = 3.0
     rm_learning_rate: float = 1e-3
     rm_batch_size: int = 16
@@ -172,12 +185,32 @@ def image_sensitivity(base: str, num_scenes: int = 32) -> dict[str, float]:
     return {"matched_images": loss(rows), "shuffled_images": loss(rows[1:] + rows[:1])}
 
 
+def accuracy_by_oracle_margin(trainer, held_out, scenes: dict[str, dict]) -> dict[str, dict]:
+    """Held-out accuracy of the reward model by how far apart the oracle scored the two
+    captions (|score_A - score_B|): near-equal pairs are the hard ones for any model."""
+    from reward_models import AttributeReward
+
+    oracle = AttributeReward()
+    pred = trainer.predict(held_out)
+    correct = (pred["chosen"].mean(-1) > pred["rejected"].mean(-1)).float().tolist()
+    buckets: dict[str, list[float]] = {}
+    for pair_id, ok in zip(held_out["pair_id"], correct):
+        scene = scenes[pair_id]
+        a, b = (oracle.score_one(scene[c], scene["objects"], scene["num_objects"], scene["relation"])
+                for c in ("caption_a", "caption_b"))
+        gap = abs(a - b)
+        key = "< 0.1" if gap < 0.1 else "0.1-0.2" if gap < 0.2 else "0.2-0.3" if gap < 0.3 else ">= 0.3"
+        buckets.setdefault(key, []).append(ok)
+    order = ["< 0.1", "0.1-0.2", "0.2-0.3", ">= 0.3"]
+    return {k: {"accuracy": sum(buckets[k]) / len(buckets[k]), "pairs": len(buckets[k])} for k in order if k in buckets}
+
+
 def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
     import torch
 
     from mmft import PPOConfig, PPOTrainer
     from mmft.data.synthetic import load_synthetic_captions
-    from mmft.demo import build_demo_base
+    from mmft.demo import DemoBaseSpec, build_demo_base
     from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
     from mmft.reward_modeling.data import held_out_split, load_preferences
     from mmft.rl_trainer import default_lora_config
@@ -217,17 +250,21 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
     train, held_out = held_out_split(prefs, s.eval_fraction, s.seed)
     timings["export_s"] = time.time() - t
 
-    # 4. Reward model on the export.
+    # 4. Reward model on the export, on its backbone (built once, then cached like the demo base).
+    t = time.time()
+    rm_base = base if s.rm_backbone_steps <= 0 else str(build_demo_base(DemoBaseSpec(steps=s.rm_backbone_steps)))
+    timings["rm_backbone_s"] = time.time() - t
     t = time.time()
     rm_dir = work / "reward_model"
     rm_args = RewardModelConfig(output_dir=str(rm_dir), num_train_epochs=s.rm_epochs, learning_rate=s.rm_learning_rate,
                                 per_device_train_batch_size=s.rm_batch_size, logging_steps=20, seed=s.seed,
-                                max_completion_length=64)
-    rm_trainer = RewardModelTrainer(base, args=rm_args, train_dataset=train, eval_dataset=held_out,
+                                max_completion_length=64, likelihood_term=s.rm_likelihood)
+    rm_trainer = RewardModelTrainer(rm_base, args=rm_args, train_dataset=train, eval_dataset=held_out,
                                     peft_config=default_lora_config("language", s.rm_lora_r, 2 * s.rm_lora_r))
     rm_trainer.train()
     rm_trainer.save_model()
     rm_metrics = rm_trainer.info.metrics
+    rm_by_margin = accuracy_by_oracle_margin(rm_trainer, held_out, scenes)
     del rm_trainer
     timings["reward_model_s"] = time.time() - t
     if rm_metrics["eval/accuracy"] < min_rm_accuracy:
@@ -239,7 +276,8 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
     ppo_args = PPOConfig(output_dir=str(work / "ppo"), max_steps=s.ppo_steps, per_device_train_batch_size=s.ppo_batch_size,
                          gradient_accumulation_steps=s.ppo_grad_accum, num_ppo_epochs=s.ppo_epochs,
                          learning_rate=s.ppo_learning_rate, kl_coef=s.ppo_kl_coef, max_new_tokens=32, temperature=1.0,
-                         eval_steps=0, save_steps=0, logging_steps=5, per_device_eval_batch_size=50, seed=s.seed)
+                         eval_steps=0, save_steps=0, logging_steps=5, per_device_eval_batch_size=50, seed=s.seed,
+                         mount_reward_models=rm_base == base)
     test_scenes = load_synthetic_captions("test", s.num_eval_scenes)
     ppo = PPOTrainer(base, args=ppo_args, reward_funcs=[LearnedReward(rm_dir, name="learned")],
                      train_dataset=load_synthetic_captions("train"), peft_config=default_lora_config("language", 16, 32))
@@ -250,7 +288,11 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
 
     return {
         "rm_accuracy": rm_metrics["eval/accuracy"],
+        "rm_accuracy_shuffled_images": rm_metrics.get("eval/accuracy_shuffled_images"),
+        "rm_accuracy_by_oracle_margin": rm_by_margin,
         "rm_margin": rm_metrics["eval/margin"],
+        "rm_backbone": rm_base,
+        "rm_mounted": rm_base == base,
         "oracle_before": before,
         "oracle_after": after,
         "base_caption_loss": base_loss,
@@ -273,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work_dir", default=None, help="pairs, labels, export, models (default: beside --json)")
     p.add_argument("--min_rm_accuracy", type=float, default=0.9, help="held-out accuracy the reward model must reach")
     for name, value in asdict(DemoSettings()).items():
-        p.add_argument(f"--{name}", type=type(value), default=value, help=f"(default {value})")
+        kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
+        p.add_argument(f"--{name}", type=kind, default=value, help=f"(default {value})")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     settings = DemoSettings(**{k: getattr(args, k) for k in asdict(DemoSettings())})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

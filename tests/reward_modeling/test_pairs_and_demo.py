@@ -41,10 +41,13 @@ def test_preference_demo_reduced(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, "scripts/preference_demo.py", "--json", str(out), "--num_pair_images", "48",
                     "--rm_epochs", "1", "--ppo_steps", "2", "--ppo_batch_size", "8", "--num_eval_scenes", "16",
-                    "--min_rm_accuracy", "0"], cwd=ROOT, env=env, check=True, timeout=1800)
+                    "--min_rm_accuracy", "0", "--rm_backbone_steps", "0"], cwd=ROOT, env=env, check=True,
+                   timeout=1800)
     res = json.loads(out.read_text())
     assert sum(res["labels"].values()) == res["pairs"] == 48  # every pair labelled over HTTP
     assert res["train_pairs"] + res["held_out_pairs"] == res["labels"]["A"] + res["labels"]["B"]
-    assert 0.0 <= res["rm_accuracy"] <= 1.0
+    assert 0.0 <= res["rm_accuracy"] <= 1.0 and 0.0 <= res["rm_accuracy_shuffled_images"] <= 1.0
+    assert sum(b["pairs"] for b in res["rm_accuracy_by_oracle_margin"].values()) == res["held_out_pairs"]
+    assert res["rm_mounted"]  # the reward model shares the policy's base: PPO mounted it
     assert all(math.isfinite(res[k]) for k in ("oracle_before", "oracle_after"))
     assert set(res["base_caption_loss"]) == {"matched_images", "shuffled_images"}

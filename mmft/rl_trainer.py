@@ -258,8 +258,9 @@ class RLTrainer:
         else:
             peft_model = get_peft_model(model, peft_config, adapter_name=POLICY)
         critic_model = None
-        if self.with_critic:
-            if getattr(self.args, "critic", "shared") == "separate":
+        critic = getattr(self.args, "critic", "shared")
+        if self.with_critic and critic != "policy":  # "policy": the value head alone, on the policy's states
+            if critic == "separate":
                 path = self.args.critic_model_name_or_path or self.model_name_or_path
                 critic_base = load_vlm(path, dtype=_dtype(self.args))
                 for p in critic_base.parameters():
@@ -271,7 +272,7 @@ class RLTrainer:
             disable_dropout_in_model(peft_model)
             if critic_model is not None:
                 disable_dropout_in_model(critic_model)
-        roles = ActorCritic(peft_model, critic_model, with_critic=self.with_critic)
+        roles = ActorCritic(peft_model, critic_model, with_critic=self.with_critic, value_on_policy=critic == "policy")
         roles.activate(POLICY)
         if self.args.gradient_checkpointing:
             roles.gradient_checkpointing_enable(self.args.gradient_checkpointing_kwargs)
@@ -348,12 +349,32 @@ class RLTrainer:
             scores = scores - self.args.missing_eos_penalty * (~rollout.stopped).float()
         return scores, composed.metrics(), texts
 
+    def old_pass(self, rollout: Rollout, roles: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], dict | None]:
+        """Steps 2-4: old log-probs, reference log-probs and values, in the training layout.
+
+        Returns (data, first). When each rank's rollout is one micro-batch (`fuse_old_pass`,
+        gradient_accumulation_steps 1), the first update's forward runs here, with gradients
+        and still at the old weights: its detached log-probs and values are the old ones
+        (the ratio is exactly 1, as the spec's separate pass gives), and `first` carries it
+        to `optimize`, which finishes that update once the advantages exist. Otherwise
+        `first` is None and one no-grad pass computes every role."""
+        if not (getattr(self.args, "fuse_old_pass", False) and self.args.gradient_accumulation_steps == 1):
+            return self.forward_no_grad(rollout, roles), None
+        data = self.forward_no_grad(rollout, tuple(r for r in roles if r == REF))
+        first = self._train_forward(rollout, list(range(len(rollout.prompts))), self._train_roles())
+        data["logprobs"] = first["logprobs"].detach().cpu()
+        if "values" in first:
+            data["values"] = first["values"].detach().cpu()
+        return data, first
+
     def forward_no_grad(self, rollout: Rollout, roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Steps 2-4: old log-probs, reference log-probs and values, in the training layout
-        and in micro-batches of the training size."""
+        """Steps 2-4 as one no-grad pass: old log-probs, reference log-probs and values, in
+        the training layout and in micro-batches of the training size."""
         from trl.trainer.utils import selective_log_softmax
 
         out: dict[str, list] = {}
+        if not roles:
+            return {}
         mb = self.args.per_device_train_batch_size
         device = self.accelerator.device
         with torch.no_grad():
@@ -372,17 +393,23 @@ class RLTrainer:
         return {k: torch.cat(v) for k, v in out.items()}
 
     # ------------------------------------------------------------------ optimisation
-    def optimize(self, rollout: Rollout, data: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _train_roles(self) -> tuple[str, ...]:
+        return (POLICY, VALUE) if self.with_critic else (POLICY,)
+
+    def optimize(self, rollout: Rollout, data: dict[str, torch.Tensor], first: dict | None = None) -> dict[str, float]:
         """Step 8: `num_ppo_epochs` passes; each shuffles into `num_mini_batches`, each of
-        `micro_batches_per_mini_batch` micro-batches, then exactly one optimizer step."""
+        `micro_batches_per_mini_batch` micro-batches, then exactly one optimizer step.
+        `first`: the first update's forward from `old_pass` (the whole rollout, in order)."""
         args = self.args
         device = self.accelerator.device
         B = len(rollout.prompts)
         stats: dict[str, list[float]] = {}
-        roles = (POLICY, VALUE) if self.with_critic else (POLICY,)
+        roles = self._train_roles()
         gen = torch.Generator().manual_seed(args.seed + 7919 * self.iteration)
-        for _ in range(args.num_ppo_epochs):
+        for epoch in range(args.num_ppo_epochs):
             order = torch.randperm(B, generator=gen)
+            if epoch == 0 and first is not None:
+                order = torch.arange(B)  # one mini-batch: its order does not matter; `first` is in rollout order
             for mini in order.split(args.local_mini_batch_size):
                 # Token count of the whole mini-batch over all ranks: each micro-batch loss is
                 # its token sum over this count (times the ranks, whose gradients are averaged),
@@ -394,30 +421,41 @@ class RLTrainer:
                 micro_batches = mini.split(args.per_device_train_batch_size)
                 for j, micro in enumerate(micro_batches):
                     last = j == len(micro_batches) - 1
-                    record = self._micro_step(rollout, data, micro.tolist(), num_tokens, roles, last)
+                    record = self._micro_step(rollout, data, micro.tolist(), num_tokens, roles, last, first)
+                    first = None
                     for k, v in record.items():
                         stats.setdefault(k, []).append(float(v))
         return {k: float(np.mean(v)) for k, v in stats.items()}
 
-    def _micro_step(self, rollout: Rollout, data: dict[str, torch.Tensor], rows: list[int],
-                    num_tokens: torch.Tensor, roles: tuple[str, ...], last: bool) -> dict[str, torch.Tensor]:
-        """Forward and backward of one micro-batch; after the last one of a mini-batch, the
-        optimizer step. Accumulation is explicit: accelerate's accumulation state is shared
-        by every Accelerator of a process, so two trainers in one process would disturb it."""
-        from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+    def _train_forward(self, rollout: Rollout, rows: list[int], roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The training forward of `rows` (with gradients): the model's outputs plus `logprobs`."""
+        from trl.trainer.utils import selective_log_softmax
 
-        args, device = self.args, self.accelerator.device
+        device = self.accelerator.device
         P, R = rollout.prompts.prompt_length, rollout.response_ids.shape[1]
-        ids = rollout.response_ids[rows].to(device)
-        mask = rollout.response_mask[rows].to(device)
         inputs = _to(training_inputs(rollout.prompts.select(rows), rollout.response_ids[rows],
                                      rollout.response_mask[rows], self.model_type), device)
+        out = self.model(inputs, P, R, self.args.temperature, roles)
+        out["logprobs"] = selective_log_softmax(out["logits"], rollout.response_ids[rows].to(device))
+        return out
+
+    def _micro_step(self, rollout: Rollout, data: dict[str, torch.Tensor], rows: list[int],
+                    num_tokens: torch.Tensor, roles: tuple[str, ...], last: bool,
+                    first: dict | None = None) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch (`first`: its forward already ran, see
+        `old_pass`); after the last one of a mini-batch, the optimizer step. Accumulation
+        is explicit: accelerate's accumulation state is shared by every Accelerator of a
+        process, so two trainers in one process would disturb it."""
+        from trl.trainer.utils import entropy_from_logits
+
+        args, device = self.args, self.accelerator.device
+        mask = rollout.response_mask[rows].to(device)
         self.accelerator.gradient_state._set_sync_gradients(last)  # DeepSpeed's boundary follows it
         no_sync = (self.model.no_sync() if not last and isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
                    else contextlib.nullcontext())
         with no_sync:
-            out = self.model(inputs, P, R, args.temperature, roles)
-            logp = selective_log_softmax(out["logits"], ids)
+            out = first if first is not None else self._train_forward(rollout, rows, roles)
+            logp = out["logprobs"]
             pg_loss, pg_stats = core.policy_loss(logp, data["logprobs"][rows].to(device),
                                                  data["advantages"][rows].to(device), mask, args.cliprange,
                                                  num_tokens)
@@ -623,7 +661,8 @@ class RLTrainer:
 
     def save_adapters(self, directory: str) -> None:
         """The policy adapter at the folder's root (loads with `PeftModel.from_pretrained`),
-        the critic beside it in `critic/` (value adapter + value head). Collective under
+        the critic beside it in `critic/` (value adapter + value head; the head alone with
+        critic="policy"). Collective under
         ZeRO-3 (the adapters are gathered); only the main process writes."""
         model = self.unwrapped
         with self._gathered(p for p in model.parameters() if p.requires_grad):
@@ -638,10 +677,11 @@ class RLTrainer:
         if self.with_critic:
             critic_dir = Path(directory) / "critic"
             critic_dir.mkdir(exist_ok=True)
-            source = model.critic_backbone if model.critic_backbone is not None else model.policy
-            source.save_pretrained(tmp, selected_adapters=[VALUE])
-            for f in (tmp / VALUE).iterdir():
-                shutil.move(str(f), critic_dir / f.name)
+            if not model.value_on_policy:  # critic="policy" has no adapter of its own
+                source = model.critic_backbone if model.critic_backbone is not None else model.policy
+                source.save_pretrained(tmp, selected_adapters=[VALUE])
+                for f in (tmp / VALUE).iterdir():
+                    shutil.move(str(f), critic_dir / f.name)
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in model.value_head.state_dict().items()},

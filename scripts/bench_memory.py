@@ -65,8 +65,10 @@ def settings(quick: bool) -> dict:
     """Batch and LoRA of every measurement (per model kind; the realistic model gets a
     smaller batch to keep the CPU run to minutes)."""
     if quick:
-        return dict(batch=2, max_new_tokens=4, lora_r=8, lora_alpha=16, realistic_batch=2, realistic_new_tokens=4)
-    return dict(batch=8, max_new_tokens=32, lora_r=16, lora_alpha=32, realistic_batch=4, realistic_new_tokens=16)
+        return dict(batch=2, max_new_tokens=4, lora_r=8, lora_alpha=16, realistic_batch=2, realistic_new_tokens=4,
+                    critic="shared")
+    return dict(batch=8, max_new_tokens=32, lora_r=16, lora_alpha=32, realistic_batch=4, realistic_new_tokens=16,
+                critic="shared")
 
 
 # ---------------------------------------------------------------------------------- children
@@ -172,7 +174,8 @@ def mode_ppo(spec: dict) -> dict:
         args = PPOConfig(output_dir=out, per_device_train_batch_size=B, gradient_accumulation_steps=1,
                          num_mini_batches=1, num_ppo_epochs=1, max_steps=spec.get("steps", 1), max_new_tokens=R,
                          eval_steps=0, save_steps=0, logging_steps=1, num_sample_captions=0, seed=0,
-                         bf16=spec["dtype"] == "bfloat16", use_cpu=not torch.cuda.is_available())
+                         bf16=spec["dtype"] == "bfloat16", use_cpu=not torch.cuda.is_available(),
+                         critic=spec.get("critic", "shared"))
         trainer = PPOTrainer(model, processing_class=processor, args=args, reward_funcs=[ResponseLength()],
                              train_dataset=_data(4 * B), peft_config=_lora(spec))
         history = trainer.train()
@@ -340,7 +343,8 @@ def measure_model(name: str, path: str, s: dict, modes=("sft", "ppo", "naive"), 
         res = {}
         for mode in modes:
             spec = {"task": "measure", "mode": mode, "model": path, "dtype": dtype, "load_in_4bit": four_bit,
-                    "batch": batch, "max_new_tokens": new, "lora_r": s["lora_r"], "lora_alpha": s["lora_alpha"]}
+                    "batch": batch, "max_new_tokens": new, "lora_r": s["lora_r"], "lora_alpha": s["lora_alpha"],
+                    "critic": s.get("critic", "shared")}
             try:
                 res[mode] = run_child(SCRIPT, spec, in_process=in_process)
             except Exception as err:  # keep measuring the other rows; the error is recorded and printed
@@ -408,6 +412,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "fixed threshold returns freed large blocks to the OS, so peak RSS tracks live tensors "
                         "rather than heap retention (the default dynamic threshold keeps up to 32 MiB blocks in "
                         "the heap after they are freed).")
+    p.add_argument("--critic", choices=("shared", "policy"), default="shared",
+                   help="PPOConfig.critic of the PPO row: 'shared' (its own LoRA adapter) or 'policy' (the value "
+                        "head on the policy adapter).")
     p.add_argument("--in-process", action="store_true",
                    help="Every measurement in this process (no isolation, figures not comparable; default with "
                         "--quick, for the smoke test). --isolated forces child processes.")
@@ -427,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{time.time() - t_start:6.0f}s] {msg}", flush=True)
 
     s = settings(a.quick)
+    s["critic"] = a.critic
     models = a.models or (["tiny-llava"] if a.quick else [f"tiny-{x}" for x in TINY_ARCHS] + ["demo", "realistic"])
     in_process = CHILD_TASKS if (a.in_process or a.quick) and not a.isolated else None
     if a.malloc_mmap_threshold:

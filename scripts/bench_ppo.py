@@ -62,13 +62,13 @@ SCRIPT = Path(__file__).resolve()
 FULL = dict(
     micro_batch=16, grad_accum=2, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=16, lora_alpha=32, lora_targets="language+projector", seed=0, train_scenes=2000,
-    speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
+    critic="shared", speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
     quality_iterations=6, quality_epochs=1, eval_scenes=200, eval_batch=50,
 )
 QUICK = dict(
     micro_batch=4, grad_accum=1, num_generations=2, max_new_tokens=6, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=8, lora_alpha=16, lora_targets="language", seed=0, train_scenes=32,
-    speed_iterations=2, repeats=1,
+    critic="shared", speed_iterations=2, repeats=1,
     quality_iterations=1, quality_epochs=1, eval_scenes=8, eval_batch=8,
 )
 
@@ -105,7 +105,8 @@ def mmft_config(kind: str, s: dict, out: str, iterations: int, epochs: int):
         use_cpu=True,
     )
     if kind == "mmft_ppo":
-        return PPOConfig(kl_coef=s["kl_coef"], **common)
+        return PPOConfig(kl_coef=s["kl_coef"], critic=s.get("critic", "shared"), vf_coef=s.get("vf_coef", 0.1),
+                         **common)
     return SCSTConfig(baseline="greedy", num_generations=1, kl_coef=0.0, **common)
 
 
@@ -243,13 +244,13 @@ def child_interleaved(spec: dict) -> dict:
 
     s = spec["settings"]
     n = s["speed_iterations"] + 1
-    # Separate dataset and reward objects, so neither trainer can alter what the other reads.
-    train_m, train_g = _load_data(s), _load_data(s)
-    reward_m, reward_g = _reward(train_m), _reward(train_g)
+    # mmft PPO with the configured critic ("mmft_ppo", the speed_ratio) and with the other one.
+    other = "shared" if s.get("critic", "shared") == "policy" else "policy"
+    mmft_settings = {"mmft_ppo": s, f"mmft_ppo_critic_{other}": {**s, "critic": other}}
     batch = s["micro_batch"] * s["grad_accum"]
     go_grpo, go_main = threading.Event(), threading.Event()
-    lengths = {"mmft_ppo": [], "trl_grpo": []}
-    times = {"mmft_ppo": [], "trl_grpo": []}
+    lengths = {k: [] for k in [*mmft_settings, "trl_grpo"]}
+    times = {k: [] for k in [*mmft_settings, "trl_grpo"]}
     errors = []
 
     class Gate(TrainerCallback):
@@ -262,9 +263,15 @@ def child_interleaved(spec: dict) -> dict:
             times["trl_grpo"].append(time.perf_counter() - self.t0)
             go_main.set()
 
-    with tempfile.TemporaryDirectory() as out_m, tempfile.TemporaryDirectory() as out_g:
-        mmft = build_trainer("mmft_ppo", spec["model"], s, train_m, reward_m, out_m, n, 1)
-        grpo = build_trainer("trl_grpo", spec["model"], s, train_g, reward_g, out_g, n, 1)
+    with tempfile.TemporaryDirectory() as out_dir:
+        # Separate dataset and reward objects, so no trainer can alter what another reads.
+        mmfts = {}
+        for key, settings in mmft_settings.items():
+            train = _load_data(s)
+            mmfts[key] = build_trainer("mmft_ppo", spec["model"], settings, train, _reward(train),
+                                       f"{out_dir}/{key}", n, 1)
+        train_g = _load_data(s)
+        grpo = build_trainer("trl_grpo", spec["model"], s, train_g, _reward(train_g), f"{out_dir}/grpo", n, 1)
         grpo.add_callback(Gate())
 
         def run_grpo():
@@ -276,13 +283,15 @@ def child_interleaved(spec: dict) -> dict:
 
         thread = threading.Thread(target=run_grpo, daemon=True)
         thread.start()
-        mmft.model.train()
+        for mmft in mmfts.values():
+            mmft.model.train()
         for _ in range(n):
-            t0 = time.perf_counter()
-            metrics = mmft.step()
-            mmft.iteration += 1
-            lengths["mmft_ppo"].append(metrics["response/length"])
-            times["mmft_ppo"].append(time.perf_counter() - t0)
+            for key, mmft in mmfts.items():
+                t0 = time.perf_counter()
+                metrics = mmft.step()
+                mmft.iteration += 1
+                lengths[key].append(metrics["response/length"])
+                times[key].append(time.perf_counter() - t0)
             go_grpo.set()
             go_main.wait()
             go_main.clear()
@@ -394,6 +403,18 @@ def main(argv: list[str] | None = None) -> dict:
                    help="Optimisation passes per rollout in the CIDEr-D comparison (mmft PPO num_ppo_epochs, GRPO "
                         "num_iterations; SCST stays at one).")
     p.add_argument("--eval-scenes", type=int, help="Held-out test scenes for CIDEr-D.")
+    p.add_argument("--quality-systems", nargs="+", choices=("mmft_ppo", "mmft_scst", "trl_grpo"),
+                   default=["mmft_ppo", "mmft_scst", "trl_grpo"],
+                   help="Systems of the CIDEr-D comparison (default: all three, plus the base model).")
+    p.add_argument("--critic", choices=("shared", "policy"),
+                   help="mmft PPO's critic (PPOConfig.critic): 'shared' (default: its own LoRA adapter on the one "
+                        "base) or 'policy' (the value head on the policy adapter's hidden states).")
+    p.add_argument("--micro-batch", type=int, help="per_device_train_batch_size of every system.")
+    p.add_argument("--vf-coef", type=float, help="mmft PPO's vf_coef (default 0.1).")
+    p.add_argument("--seed", type=int, help="Seed of every system (sampling, data order, LoRA init).")
+    p.add_argument("--grad-accum", type=int,
+                   help="gradient_accumulation_steps of every system (1: mmft fuses its old-log-prob pass into "
+                        "the first update, PPOConfig.fuse_old_pass).")
     p.add_argument("--quality-jobs", type=int, default=4,
                    help="Child processes of the CIDEr-D comparison run at once (one per system + the base).")
     p.add_argument("--speed-method", choices=("both", "separate", "interleaved"), default="both",
@@ -419,7 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     s = dict(QUICK if a.quick else FULL)
-    for key in ("repeats", "speed_iterations", "quality_iterations", "quality_epochs", "eval_scenes"):
+    for key in ("repeats", "speed_iterations", "quality_iterations", "quality_epochs", "eval_scenes", "critic",
+                "micro_batch", "grad_accum", "seed", "vf_coef"):
         if getattr(a, key) is not None:
             s[key] = getattr(a, key)
     batch = s["micro_batch"] * s["grad_accum"]
@@ -453,6 +475,10 @@ def main(argv: list[str] | None = None) -> dict:
         il = run_child(SCRIPT, {"task": "interleaved", "model": model, "settings": s}, in_process=in_process)
         results["speed_interleaved"] = il
         results["speed_ratio_interleaved"] = il["mmft_ppo"]["samples_per_s"] / il["trl_grpo"]["samples_per_s"]
+        results["speed_ratio_by_critic"] = {
+            f"critic={s['critic']}": results["speed_ratio_interleaved"],
+            **{f"critic={k.rsplit('_', 1)[1]}": il[k]["samples_per_s"] / il["trl_grpo"]["samples_per_s"]
+               for k in il if k.startswith("mmft_ppo_critic_")}}
         log(f"  mmft PPO {il['mmft_ppo']['samples_per_s']:.3f} samples/s, TRL GRPO "
             f"{il['trl_grpo']['samples_per_s']:.3f} samples/s; iterations (s): mmft "
             f"{', '.join(f'{t:.1f}' for t in il['mmft_ppo']['iteration_s'])}; GRPO "
@@ -468,9 +494,9 @@ def main(argv: list[str] | None = None) -> dict:
                               "memory_ratio<=1.2": results["memory_ratio"] <= 1.2}
 
     if not a.skip_quality:
-        log(f"quality: base, mmft PPO, mmft SCST, TRL GRPO; {s['quality_iterations']} iterations x {batch} "
+        log(f"quality: base, {', '.join(a.quality_systems)}; {s['quality_iterations']} iterations x {batch} "
             f"completions each; held-out CIDEr-D on {s['eval_scenes']} test scenes")
-        systems = ["mmft_ppo", "mmft_scst", "trl_grpo"]
+        systems = list(a.quality_systems)
         if in_process is not None or a.quality_jobs <= 1:
             q = run_child(SCRIPT, {"task": "quality", "model": model, "settings": s, "systems": systems},
                           in_process=in_process)
@@ -490,7 +516,8 @@ def main(argv: list[str] | None = None) -> dict:
                 q.update(part)
         q.pop("child_wall_s", None)
         results["quality"] = q
-        results.setdefault("targets", {})["cider_ppo>=grpo"] = q["mmft_ppo"]["CIDEr"] >= q["trl_grpo"]["CIDEr"]
+        if "mmft_ppo" in q and "trl_grpo" in q:
+            results.setdefault("targets", {})["cider_ppo>=grpo"] = q["mmft_ppo"]["CIDEr"] >= q["trl_grpo"]["CIDEr"]
         for k, v in q.items():
             log(f"  {k}: CIDEr-D {v['CIDEr']:.4f}  BLEU-4 {v['Bleu_4']:.4f}  e.g. {v['examples'][0]!r}")
 
@@ -518,6 +545,13 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def _ppo_name(s: dict) -> str:
+    critic = s.get("critic", "shared")
+    what = "policy + critic adapters + value head" if critic == "shared" else "policy adapter + value head on it"
+    fused = ", old pass fused" if s["grad_accum"] == 1 else ""
+    return f"mmft PPO (critic={critic}: {what}, 1 base{fused})"
+
+
 def render(r: dict) -> str:
     out = [f"mmft PPO vs TRL GRPO on {r['model']}"]
     if not r["isolated"]:
@@ -529,19 +563,21 @@ def render(r: dict) -> str:
     batch = s["micro_batch"] * s["grad_accum"]
     if "speed_interleaved" in r:
         il = r["speed_interleaved"]
+        systems = [("mmft_ppo", _ppo_name(s))]
+        systems += [(k, _ppo_name({**s, "critic": k.rsplit("_", 1)[1]})) for k in il if k.startswith("mmft_ppo_critic_")]
         rows = [[name, il[k]["samples_per_s"], " ".join(f"{t:.1f}" for t in il[k]["iteration_s"])]
-                for k, name in (("mmft_ppo", "mmft PPO (policy + critic + value head, 1 base)"),
-                                ("trl_grpo", "TRL GRPO"))]
+                for k, name in systems + [("trl_grpo", "TRL GRPO")]]
         out.append(f"Throughput, like for like, interleaved in one process ({batch} completions/iteration, max "
                    f"{s['max_new_tokens']} new tokens, 1 epoch, KL on; first iteration of each dropped):")
         out.append(table(["system", "samples/s", "iteration wall times (s)"], rows, "{:.3f}"))
         out.append(f"speed_ratio (interleaved) = {r['speed_ratio_interleaved']:.3f} (target >= 0.9: "
-                   f"{'met' if r['speed_ratio_interleaved'] >= 0.9 else 'MISSED'})")
+                   f"{'met' if r['speed_ratio_interleaved'] >= 0.9 else 'MISSED'})"
+                   + "".join(f"; {k}: {v:.3f}" for k, v in r.get("speed_ratio_by_critic", {}).items()))
         out.append("")
     if "speed" in r:
         sp = r["speed"]["systems"]
         rows = []
-        for k, name in (("mmft_ppo", "mmft PPO (policy + critic + value head, 1 base)"), ("trl_grpo", "TRL GRPO")):
+        for k, name in (("mmft_ppo", _ppo_name(s)), ("trl_grpo", "TRL GRPO")):
             v = sp[k]
             rows.append([name, v["samples_per_s"], " ".join(f"{x:.2f}" for x in v["samples_per_s_runs"]),
                          v["peak_rss_mib"]])
@@ -555,15 +591,15 @@ def render(r: dict) -> str:
         out.append("")
     if "quality" in r:
         q = r["quality"]
-        names = {"base": "base model (before RL)", "mmft_ppo": "mmft PPO", "mmft_scst": "mmft SCST (greedy baseline)",
+        names = {"base": "base model (before RL)", "mmft_ppo": f"mmft PPO (critic={s.get('critic', 'shared')})", "mmft_scst": "mmft SCST (greedy baseline)",
                  "trl_grpo": "TRL GRPO"}
         rows = [[names[k], v["CIDEr"], v["Bleu_4"], v["samples"], v.get("epochs", ""), v["train_s"]]
                 for k, v in q.items()]
         out.append(f"Held-out CIDEr-D ({s['eval_scenes']} test scenes, greedy, pycocoevalcap), same sample budget "
                    f"({s['quality_iterations']} iterations x {batch} completions), reward CiderD (train-corpus df):")
         out.append(table(["system", "CIDEr-D", "BLEU-4", "samples", "epochs", "train s"], rows, "{:.4g}"))
-        met = r["targets"]["cider_ppo>=grpo"]
-        out.append(f"PPO >= GRPO: {'met' if met else 'MISSED'}")
+        if "cider_ppo>=grpo" in r.get("targets", {}):
+            out.append(f"PPO >= GRPO: {'met' if r['targets']['cider_ppo>=grpo'] else 'MISSED'}")
         out.append("")
     if "memory" in r:
         import bench_memory

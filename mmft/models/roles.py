@@ -5,7 +5,8 @@
   from an SFT adapter (loaded a second time, frozen);
 - critic: a second trainable LoRA adapter "value" on the same base plus a scalar value
   head on the last hidden state of the language model, so the critic sees the image;
-  or, with `critic="separate"`, its own backbone.
+  or, with `critic="separate"`, its own backbone; or, with `critic="policy"`, the value
+  head alone on the policy's own last hidden state (one forward gives logits and values).
 
 `ActorCritic` is one `nn.Module`, so accelerate/DeepSpeed wrap a single engine holding
 every trainable parameter. Its `forward(role=...)` switches the active adapter. Two peft
@@ -54,6 +55,27 @@ def response_logits(
     return out.logits[:, :-1, :].float() / temperature
 
 
+def response_logits_and_hidden(
+    model: nn.Module, inputs: dict[str, torch.Tensor], prompt_length: int, response_length: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`response_logits` and `response_hidden` of one forward: the hidden states are the
+    LM head's input (the language model's last hidden state, after its final norm),
+    caught by a pre-hook, so every architecture's own head code (slicing, soft-capping)
+    still makes the logits."""
+    caught: list[torch.Tensor] = []
+    head = model.get_base_model().get_output_embeddings() if hasattr(model, "get_base_model") else \
+        model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: caught.append(args[0]))
+    try:
+        logits = response_logits(model, inputs, prompt_length, response_length, temperature)
+    finally:
+        handle.remove()
+    if len(caught) != 1 or caught[0].shape[1] != response_length + 1:
+        raise RuntimeError(f"critic='policy': expected one LM-head call on the last {response_length + 1} positions, "
+                           f"got {[tuple(h.shape) for h in caught]}; this architecture needs critic='shared'.")
+    return logits, caught[0][:, :-1]
+
+
 def response_hidden(
     model: nn.Module, inputs: dict[str, torch.Tensor], prompt_length: int, response_length: int
 ) -> torch.Tensor:
@@ -72,11 +94,14 @@ class ActorCritic(nn.Module):
     `critic="separate"`.
     """
 
-    def __init__(self, peft_model: nn.Module, critic_model: nn.Module | None = None, with_critic: bool = True):
+    def __init__(self, peft_model: nn.Module, critic_model: nn.Module | None = None, with_critic: bool = True,
+                 value_on_policy: bool = False):
         super().__init__()
         self.policy = peft_model
         self.critic_backbone = critic_model
         self.with_critic = with_critic
+        # critic="policy": the value head reads the policy adapter's hidden states.
+        self.value_on_policy = with_critic and value_on_policy and critic_model is None
         source = critic_model if critic_model is not None else peft_model
         self.value_head = ValueHead(text_hidden_size(source.config)) if with_critic else None
         # The head stays float32 whatever the base's dtype: values feed GAE and the value loss.
@@ -248,12 +273,20 @@ class ActorCritic(nn.Module):
         """Run the requested roles on one training-layout batch.
 
         Returns `logits` [B, R, V] for "policy" and "ref", `values` [B, R] for "value".
+        With the critic on the policy, "policy" and "value" together are one forward.
         """
         out: dict[str, torch.Tensor] = {}
         text_only = self.dummy_image_inputs is not None and "pixel_values" not in inputs
         for role in roles:
+            if role == VALUE and "values" in out:
+                continue  # came with the policy's forward
             self._text_only_batch = text_only  # consumed by the dummy-vision hook, once per model call
-            if role == POLICY:
+            if role == POLICY and self.value_on_policy and VALUE in roles:
+                self.activate(POLICY)
+                out["logits"], hidden = response_logits_and_hidden(
+                    self.policy, inputs, prompt_length, response_length, temperature)
+                out["values"] = self.value_head(hidden).float()
+            elif role == POLICY:
                 self.activate(POLICY)
                 out["logits"] = response_logits(self.policy, inputs, prompt_length, response_length, temperature)
             elif role == REF:
@@ -263,6 +296,9 @@ class ActorCritic(nn.Module):
             elif role == VALUE:
                 if self.critic_backbone is not None:
                     hidden = response_hidden(self.critic_backbone, inputs, prompt_length, response_length)
+                elif self.value_on_policy:
+                    self.activate(POLICY)
+                    hidden = response_hidden(self.policy, inputs, prompt_length, response_length)
                 else:
                     self.activate(VALUE)
                     hidden = response_hidden(self.policy, inputs, prompt_length, response_length)

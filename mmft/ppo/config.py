@@ -72,6 +72,11 @@ class RLConfig(TrainingArguments):
     cliprange: float = field(default=0.2, metadata={"help": "PPO ratio clip epsilon."})
     ent_coef: float = field(default=0.0, metadata={"help": "Entropy bonus coefficient (exploration knob)."})
     whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over the rollout batch."})
+    fuse_old_pass: bool = field(
+        default=True, metadata={"help": "When each rank's rollout is one micro-batch (gradient_accumulation_steps "
+                                        "1), the first update's forward, still at the old weights and in the "
+                                        "training layout, also gives the old log-probs (and values): one no-grad "
+                                        "forward fewer per iteration, same result. False: always a separate pass."})
 
     # Logging and evaluation
     num_sample_captions: int = field(default=3, metadata={"help": "Sample responses with rewards in each log."})
@@ -111,9 +116,20 @@ class PPOConfig(RLConfig):
     bootstrap_truncated: bool = field(
         default=False, metadata={"help": "Bootstrap GAE from V for responses cut by max_new_tokens."})
     critic: str = field(default="shared", metadata={"help": "'shared': a second LoRA adapter on the policy's base; "
-                                                            "'separate': its own backbone."})
+                                                            "'separate': its own backbone; 'policy': the value head "
+                                                            "alone on the policy adapter's last hidden state (one "
+                                                            "forward gives log-probs and values, about half the "
+                                                            "training compute; the value loss also trains the "
+                                                            "policy adapter, weighted by vf_coef)."})
     critic_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Backbone of a separate critic (default: the policy's base)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.critic not in ("shared", "separate", "policy"):
+            raise ValueError(f"critic must be 'shared', 'separate' or 'policy', got {self.critic!r}.")
+        if self.critic_model_name_or_path and self.critic != "separate":
+            raise ValueError(f"critic_model_name_or_path is only used with critic='separate' (critic={self.critic!r}).")
 
 
 @dataclass

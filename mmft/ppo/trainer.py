@@ -37,11 +37,12 @@ class PPOTrainer(RLTrainer):
         prompts, rows = self.collate(self.fetch_rows(self.train_dataset, indices), indices)
         rollout = self.rollout(prompts)
         t_gen = time.time() - t0
-        # 2-4. Old log-probs, reference log-probs and values, in the training layout.
-        data = self.forward_no_grad(rollout, (POLICY, REF, VALUE))
-        mask = rollout.response_mask
-        # 5. Scores from the reward functions.
+        # 5. Scores from the reward functions (first: they need the text only).
         scores, components, texts = self.score(rollout, rows)
+        # 2-4. Old log-probs, reference log-probs and values, in the training layout (with one
+        # micro-batch per rank, the first update's forward gives the old ones: `first`).
+        data, first = self.old_pass(rollout, (POLICY, REF, VALUE))
+        mask = rollout.response_mask
         # 6. Per-token rewards: -beta KL_t everywhere, the score on the last valid token.
         kl = core.kl_estimate(data["logprobs"], data["ref_logprobs"], args.kl_estimator) * mask
         rewards = core.per_token_rewards(scores, kl, mask, self.kl_ctl.value)
@@ -58,7 +59,7 @@ class PPOTrainer(RLTrainer):
             advantages = core.masked_whiten(advantages, mask, all_reduce=all_reduce_sum)
         data.update(advantages=advantages, returns=returns)
         # 8. Epochs x mini-batches x micro-batches, one optimizer step per mini-batch.
-        stats = self.optimize(rollout, data)
+        stats = self.optimize(rollout, data, first)
         # 9. Metrics (masked; averaged over ranks).
         kl_sum = kl.sum(-1)
         metrics = {

@@ -34,8 +34,6 @@ class SCSTTrainer(RLTrainer):
         rows_k = [r for r in rows for _ in range(k)]
         rollout = self.rollout(prompts.repeat(k))
         t_gen = time.time() - t0
-        roles = (POLICY, REF) if args.kl_coef > 0 else (POLICY,)
-        data = self.forward_no_grad(rollout, roles)
         mask = rollout.response_mask
         # 2. Scores of the samples, and the baseline.
         scores, components, texts = self.score(rollout, rows_k)
@@ -46,6 +44,8 @@ class SCSTTrainer(RLTrainer):
         else:
             grouped = scores.view(-1, k)
             baseline = ((grouped.sum(-1, keepdim=True) - grouped) / (k - 1)).view(-1)
+        # Old (and reference) log-probs in the training layout; `first`: see RLTrainer.old_pass.
+        data, first = self.old_pass(rollout, (POLICY, REF) if args.kl_coef > 0 else (POLICY,))
         kl_sum = torch.zeros(len(mask))
         if args.kl_coef > 0:
             kl_sum = (core.kl_estimate(data["logprobs"], data["ref_logprobs"], args.kl_estimator) * mask).sum(-1)
@@ -55,7 +55,7 @@ class SCSTTrainer(RLTrainer):
             advantages = core.masked_whiten(advantages, mask)
         data["advantages"] = advantages
         # 4. Policy-gradient update(s).
-        stats = self.optimize(rollout, data)
+        stats = self.optimize(rollout, data, first)
         elapsed = time.time() - t0
         metrics = {
             "objective/scores": scores.mean().item(),

@@ -38,7 +38,8 @@ def main() -> None:
                         max_steps=opts["max_steps"], max_new_tokens=5, eval_steps=0, save_steps=1,
                         seed=opts["seed"], top_k=opts.get("top_k", 0), max_grad_norm=0.0, learning_rate=1e-3,
                         gradient_checkpointing=opts.get("gradient_checkpointing", False),
-                        gather_for_generation=opts.get("gather", True))
+                        gather_for_generation=opts.get("gather", True),
+                        **({"critic": opts["critic"]} if "critic" in opts else {}))
     # The launcher's RANK: torch.distributed is not initialised before the trainer exists, so
     # distributed() would say rank 0 on every process here.
     launch_rank = int(os.environ.get("RANK", "0"))

@@ -57,12 +57,16 @@ def test_ppo_under_zero_two_ranks(config, tiny_vlm_dir, tmp_path):
     assert resumed[0]["digest"] == resumed[1]["digest"]
 
 
-def test_two_ranks_equal_one_process_with_twice_the_batch(tiny_vlm_dir, tmp_path):
+@pytest.mark.parametrize("gas,critic", [(2, "shared"), (1, "policy")])
+def test_two_ranks_equal_one_process_with_twice_the_batch(gas, critic, tiny_vlm_dir, tmp_path):
     """2 ranks x batch B and 1 process x batch 2B give the same update (responses are made
-    deterministic with top_k=1 so both runs score the same samples)."""
+    deterministic with top_k=1 so both runs score the same samples). gas=1: the old pass
+    fused into the first update (fuse_old_pass), with the value head on the policy."""
     model = tiny_vlm_dir("llava")
-    two, out2 = run_worker("cpu_ddp.yaml", tmp_path, "two", model=model, per_device=2, gas=2, max_steps=1, top_k=1)
-    one, out1 = run_worker(None, tmp_path, "one", model=model, per_device=4, gas=2, max_steps=1, top_k=1)
+    two, out2 = run_worker("cpu_ddp.yaml", tmp_path, "two", model=model, per_device=2, gas=gas, max_steps=1, top_k=1,
+                           critic=critic)
+    one, out1 = run_worker(None, tmp_path, "one", model=model, per_device=4, gas=gas, max_steps=1, top_k=1,
+                           critic=critic)
     assert sorted(two[0]["drawn"] + two[1]["drawn"]) == sorted(one[0]["drawn"])
     a, b = torch.load(out2 / "state0.pt"), torch.load(out1 / "state0.pt")
     start = {k: v for k, v in a.items()}
@@ -71,10 +75,11 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(tiny_vlm_dir, tmp_path
     assert any(("lora_B" in k and start[k].abs().max() > 0) for k in a)  # the update really happened
 
 
-def test_zero3_ranks_with_and_without_images_do_not_hang(tiny_vlm_dir, tmp_path):
+@pytest.mark.parametrize("critic", ["shared", "policy"])
+def test_zero3_ranks_with_and_without_images_do_not_hang(critic, tiny_vlm_dir, tmp_path):
     model = tiny_vlm_dir("llava")
     records, _ = run_worker("cpu_zero3.yaml", tmp_path, "mixed", model=model, per_device=2, gas=1, max_steps=1,
-                            text_only_rank=1)
+                            text_only_rank=1, critic=critic)
     assert [r["images"] for r in records] == [True, False]  # rank 1 really had no image
     assert all(r["losses_finite"] for r in records) and records[0]["digest"] == records[1]["digest"]
 

@@ -177,9 +177,9 @@ def test_scst_mean_baseline_advantages_center_each_group(tiny_vlm_dir, data, tmp
     seen = {}
     original = trainer.optimize
 
-    def spy(rollout, d):
+    def spy(rollout, d, first=None):
         seen["adv"], seen["mask"] = d["advantages"].clone(), rollout.response_mask.clone()
-        return original(rollout, d)
+        return original(rollout, d, first)
 
     trainer.optimize = spy
     trainer.train()

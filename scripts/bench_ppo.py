@@ -16,9 +16,11 @@ Three tables:
    steps_per_generation=gradient_accumulation_steps), gradient checkpointing off and
    float32 for both. samples/s = completions per iteration / median iteration wall time
    (the first iteration dropped as warm-up). Two measurements (--speed-method):
-   "interleaved" builds both trainers in one child process and alternates their
-   iterations (mmft, GRPO, mmft, ...), so changing load from other jobs hits both alike:
-   this gives `speed_ratio`; "separate" runs each system in its own child process,
+   "interleaved" builds the trainers in one child process and alternates their
+   iterations (mmft, mmft with the other critic, GRPO, mmft, ...), so changing load from
+   other jobs hits all alike: this gives `speed_ratio` (mmft PPO with `--critic`, default
+   "shared") and `speed_ratio_by_critic` (both critics: "shared", a LoRA adapter of its
+   own; "policy", the value head on the policy adapter); "separate" runs each system in its own child process,
    alternating A B B A ..., for its peak RSS (getrusage ru_maxrss in the child):
    `memory_ratio` (and `speed_ratio_separate`); medians over repeats.
    Targets (issue 3): speed_ratio = mmft / GRPO samples/s >= 0.9; memory_ratio = peak
@@ -60,7 +62,7 @@ SCRIPT = Path(__file__).resolve()
 
 # Default (full) and --quick settings. `batch` = completions per iteration.
 FULL = dict(
-    micro_batch=16, grad_accum=2, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
+    micro_batch=32, grad_accum=1, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=16, lora_alpha=32, lora_targets="language+projector", seed=0, train_scenes=2000,
     critic="shared", speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
     quality_iterations=6, quality_epochs=1, eval_scenes=200, eval_batch=50,

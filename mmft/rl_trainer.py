@@ -460,12 +460,11 @@ class RLTrainer:
                                                  data["advantages"][rows].to(device), mask, args.cliprange,
                                                  num_tokens)
             loss = pg_loss
-            if args.ent_coef:
+            # Without the bonus the entropy is only logged: no graph over [B, R, vocab].
+            with torch.set_grad_enabled(bool(args.ent_coef) and torch.is_grad_enabled()):
                 entropy = entropy_from_logits(out["logits"])
+            if args.ent_coef:
                 loss = loss - args.ent_coef * core.token_mean(entropy, mask, num_tokens)
-            else:  # logged only: no graph over [B, R, vocab] that backward would traverse for nothing
-                with torch.no_grad():
-                    entropy = entropy_from_logits(out["logits"])
             record = {"loss/policy": pg_stats["loss"], "policy/clipfrac": pg_stats["clipfrac"],
                       "policy/approxkl": pg_stats["approxkl"], "policy/entropy": core.masked_mean(entropy.detach(), mask)}
             if self.with_critic:

@@ -43,7 +43,7 @@ def count_forwards(trainer) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("algorithm,critic", [("ppo", "shared"), ("ppo", "policy"), ("scst", None)])
+@pytest.mark.parametrize("algorithm,critic", [("ppo", "shared"), ("ppo", "policy"), ("ppo", "separate"), ("scst", None)])
 def test_fused_old_pass_gives_the_same_training(algorithm, critic, tiny_vlm_dir, data, tmp_path):
     """With one micro-batch per rank, fusing the old-log-prob pass into the first update
     changes nothing but the forward count: same metrics, same adapters after two
@@ -71,7 +71,7 @@ def test_fused_old_pass_gives_the_same_training(algorithm, critic, tiny_vlm_dir,
             if key in h_plain:
                 assert h_fused[key] == pytest.approx(h_plain[key], abs=1e-5), key
     # Generation runs the language model once per new token; the passes are what differ.
-    separate_passes = {"shared": 2, "policy": 1, None: 1}[critic]  # old log-probs (+ values) per iteration
+    separate_passes = {"shared": 2, "separate": 1, "policy": 1, None: 1}[critic]  # passes of the policy base
     assert n_plain - n_fused == 2 * separate_passes
 
 

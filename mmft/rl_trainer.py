@@ -358,7 +358,7 @@ class RLTrainer:
         (the ratio is exactly 1, as the spec's separate pass gives), and `first` carries it
         to `optimize`, which finishes that update once the advantages exist. Otherwise
         `first` is None and one no-grad pass computes every role."""
-        if not (getattr(self.args, "fuse_old_pass", False) and self.args.gradient_accumulation_steps == 1):
+        if not (self.args.fuse_old_pass and self.args.gradient_accumulation_steps == 1):
             return self.forward_no_grad(rollout, roles), None
         data = self.forward_no_grad(rollout, tuple(r for r in roles if r == REF))
         first = self._train_forward(rollout, list(range(len(rollout.prompts))), self._train_roles())
@@ -372,9 +372,9 @@ class RLTrainer:
         the training layout and in micro-batches of the training size."""
         from trl.trainer.utils import selective_log_softmax
 
-        out: dict[str, list] = {}
         if not roles:
             return {}
+        out: dict[str, list] = {}
         mb = self.args.per_device_train_batch_size
         device = self.accelerator.device
         with torch.no_grad():
@@ -407,7 +407,7 @@ class RLTrainer:
         roles = self._train_roles()
         gen = torch.Generator().manual_seed(args.seed + 7919 * self.iteration)
         for epoch in range(args.num_ppo_epochs):
-            order = torch.randperm(B, generator=gen)
+            order = torch.randperm(B, generator=gen)  # drawn either way: the seed stream stays the same
             if epoch == 0 and first is not None:
                 order = torch.arange(B)  # one mini-batch: its order does not matter; `first` is in rollout order
             for mini in order.split(args.local_mini_batch_size):

@@ -94,3 +94,14 @@ def multimodal_token_ids(config, processor=None) -> list[int]:
                 if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
                     ids.add(token_id)
     return sorted(ids)
+
+
+def output_embeddings(model: torch.nn.Module, purpose: str) -> torch.nn.Module:
+    """The LM head of a (peft-wrapped) `XForConditionalGeneration`; `purpose` names what
+    needs it in the error raised when the model has none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has no LM head: {purpose} needs the full "
+                         "XForConditionalGeneration model.")
+    return head

@@ -23,7 +23,7 @@ import contextlib
 import torch
 from torch import nn
 
-from mmft.models.arch import inner_model, text_hidden_size
+from mmft.models.arch import inner_model, output_embeddings, text_hidden_size
 
 POLICY, VALUE, REF = "policy", "value", "ref"
 
@@ -63,8 +63,7 @@ def response_logits_and_hidden(
     caught by a pre-hook, so every architecture's own head code (slicing, soft-capping)
     still makes the logits."""
     caught: list[torch.Tensor] = []
-    head = model.get_base_model().get_output_embeddings() if hasattr(model, "get_base_model") else \
-        model.get_output_embeddings()
+    head = output_embeddings(model, "critic='policy'")
     handle = head.register_forward_pre_hook(lambda module, args: caught.append(args[0]))
     try:
         logits = response_logits(model, inputs, prompt_length, response_length, temperature)

@@ -29,7 +29,7 @@ from torch import nn
 
 from mmft.data.collator import PromptBatch, VLMCollator
 from mmft.data.errors import DataError
-from mmft.models.arch import inner_model, text_hidden_size
+from mmft.models.arch import inner_model, output_embeddings, text_hidden_size
 from mmft.rollout import training_inputs
 
 REWARD_CONFIG = "reward_config.json"
@@ -78,16 +78,6 @@ class RewardHead(nn.Module):
         return out
 
 
-def output_embeddings(backbone: nn.Module) -> nn.Module:
-    """The LM head of a (peft-wrapped) `XForConditionalGeneration`."""
-    model = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
-    head = model.get_output_embeddings()
-    if head is None:
-        raise RewardModelError(f"{type(model).__name__} has no LM head: the likelihood term needs the full "
-                               "XForConditionalGeneration model.")
-    return head
-
-
 def response_log_likelihood(backbone: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
                             last_index: torch.Tensor, response_start: torch.Tensor, chunk: int = 8) -> torch.Tensor:
     """Mean log p(response token | image, prompt, earlier tokens) [B] over each row's
@@ -100,7 +90,10 @@ def response_log_likelihood(backbone: nn.Module, hidden: torch.Tensor, input_ids
     if start < 1 or not bool((response_start == start).all()):
         raise ValueError("the likelihood term needs the training layout: every row's response starts at the "
                          "same position, after a non-empty prompt")
-    lm_head = output_embeddings(backbone)
+    try:
+        lm_head = output_embeddings(backbone, "the likelihood term")
+    except ValueError as err:
+        raise RewardModelError(str(err)) from err
     ids = input_ids[:, start:].to(hidden.device)
     positions = torch.arange(start, input_ids.shape[1], device=hidden.device)
     mask = (positions.unsqueeze(0) <= last_index.to(hidden.device).unsqueeze(1)).float()

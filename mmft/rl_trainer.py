@@ -22,7 +22,13 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from mmft.data.collator import PromptBatch, VLMCollator
-from mmft.models.arch import freeze_vision_tower, lora_target_modules, multimodal_token_ids
+from mmft.models.arch import (
+    critic_layer_count,
+    freeze_vision_tower,
+    lora_target_modules,
+    multimodal_token_ids,
+    top_layers_lora_config,
+)
 from mmft.models.loading import load_processor, load_vlm
 from mmft.models.roles import POLICY, REF, VALUE, ActorCritic
 from mmft.ppo import core
@@ -257,7 +263,7 @@ class RLTrainer:
             peft_model.load_adapter(sft_adapter, adapter_name=REF, is_trainable=False)
         else:
             peft_model = get_peft_model(model, peft_config, adapter_name=POLICY)
-        critic_model = None
+        critic_model, critic_layers = None, None
         critic = getattr(self.args, "critic", "shared")
         if self.with_critic and critic != "policy":  # "policy": the value head alone, on the policy's states
             if critic == "separate":
@@ -267,12 +273,15 @@ class RLTrainer:
                     p.requires_grad_(False)
                 critic_model = get_peft_model(critic_base, peft_config, adapter_name=VALUE)
             else:
-                peft_model.add_adapter(VALUE, peft_config)
+                critic_layers = critic_layer_count(self.args.critic_layers, peft_model)
+                peft_model.add_adapter(VALUE, top_layers_lora_config(peft_config, peft_model, critic_layers)
+                                       if critic_layers else peft_config)
         if self.args.disable_dropout:
             disable_dropout_in_model(peft_model)
             if critic_model is not None:
                 disable_dropout_in_model(critic_model)
-        roles = ActorCritic(peft_model, critic_model, with_critic=self.with_critic, value_on_policy=critic == "policy")
+        roles = ActorCritic(peft_model, critic_model, with_critic=self.with_critic, value_on_policy=critic == "policy",
+                            critic_layers=critic_layers)
         roles.activate(POLICY)
         if self.args.gradient_checkpointing:
             roles.gradient_checkpointing_enable(self.args.gradient_checkpointing_kwargs)
@@ -361,7 +370,7 @@ class RLTrainer:
         if not (self.args.fuse_old_pass and self.args.gradient_accumulation_steps == 1):
             return self.forward_no_grad(rollout, roles), None
         data = self.forward_no_grad(rollout, tuple(r for r in roles if r == REF))
-        first = self._train_forward(rollout, list(range(len(rollout.prompts))), self._train_roles())
+        first = self._train_forward(rollout, list(range(len(rollout.prompts))), self._train_roles(), data.get("trunk"))
         data["logprobs"] = first["logprobs"].detach().cpu()
         if "values" in first:
             data["values"] = first["values"].detach().cpu()
@@ -390,6 +399,8 @@ class RLTrainer:
                     out.setdefault("ref_logprobs", []).append(selective_log_softmax(res["ref_logits"], ids).cpu())
                 if "values" in res:
                     out.setdefault("values", []).append(res["values"].cpu())
+                if "trunk" in res:  # critic_layers: the critic's input, for the updates
+                    out.setdefault("trunk", []).append(res["trunk"].cpu())
         return {k: torch.cat(v) for k, v in out.items()}
 
     # ------------------------------------------------------------------ optimisation
@@ -427,15 +438,18 @@ class RLTrainer:
                         stats.setdefault(k, []).append(float(v))
         return {k: float(np.mean(v)) for k, v in stats.items()}
 
-    def _train_forward(self, rollout: Rollout, rows: list[int], roles: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """The training forward of `rows` (with gradients): the model's outputs plus `logprobs`."""
+    def _train_forward(self, rollout: Rollout, rows: list[int], roles: tuple[str, ...],
+                       trunk: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training forward of `rows` (with gradients): the model's outputs plus `logprobs`.
+        `trunk`: the reference pass's input to the critic's layers over the rollout (critic_layers)."""
         from trl.trainer.utils import selective_log_softmax
 
         device = self.accelerator.device
         P, R = rollout.prompts.prompt_length, rollout.response_ids.shape[1]
         inputs = _to(training_inputs(rollout.prompts.select(rows), rollout.response_ids[rows],
                                      rollout.response_mask[rows], self.model_type), device)
-        out = self.model(inputs, P, R, self.args.temperature, roles)
+        out = self.model(inputs, P, R, self.args.temperature, roles,
+                         trunk=trunk[rows].to(device) if trunk is not None else None)
         out["logprobs"] = selective_log_softmax(out["logits"], rollout.response_ids[rows].to(device))
         return out
 
@@ -454,7 +468,7 @@ class RLTrainer:
         no_sync = (self.model.no_sync() if not last and isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
                    else contextlib.nullcontext())
         with no_sync:
-            out = first if first is not None else self._train_forward(rollout, rows, roles)
+            out = first if first is not None else self._train_forward(rollout, rows, roles, data.get("trunk"))
             logp = out["logprobs"]
             pg_loss, pg_stats = core.policy_loss(logp, data["logprobs"][rows].to(device),
                                                  data["advantages"][rows].to(device), mask, args.cliprange,

@@ -175,7 +175,8 @@ def mode_ppo(spec: dict) -> dict:
                          num_mini_batches=1, num_ppo_epochs=1, max_steps=spec.get("steps", 1), max_new_tokens=R,
                          eval_steps=0, save_steps=0, logging_steps=1, num_sample_captions=0, seed=0,
                          bf16=spec["dtype"] == "bfloat16", use_cpu=not torch.cuda.is_available(),
-                         critic=spec.get("critic", "shared"), fuse_old_pass=spec.get("fuse_old_pass", True))
+                         critic=spec.get("critic", "shared"), critic_layers=spec.get("critic_layers", "half"),
+                         fuse_old_pass=spec.get("fuse_old_pass", True))
         trainer = PPOTrainer(model, processing_class=processor, args=args, reward_funcs=[ResponseLength()],
                              train_dataset=_data(4 * B), peft_config=_lora(spec))
         history = trainer.train()
@@ -344,7 +345,8 @@ def measure_model(name: str, path: str, s: dict, modes=("sft", "ppo", "naive"), 
         for mode in modes:
             spec = {"task": "measure", "mode": mode, "model": path, "dtype": dtype, "load_in_4bit": four_bit,
                     "batch": batch, "max_new_tokens": new, "lora_r": s["lora_r"], "lora_alpha": s["lora_alpha"],
-                    "critic": s.get("critic", "shared"), "fuse_old_pass": s.get("fuse_old_pass", True)}
+                    "critic": s.get("critic", "shared"), "critic_layers": s.get("critic_layers", "half"),
+                    "fuse_old_pass": s.get("fuse_old_pass", True)}
             try:
                 res[mode] = run_child(SCRIPT, spec, in_process=in_process)
             except Exception as err:  # keep measuring the other rows; the error is recorded and printed
@@ -415,6 +417,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--critic", choices=("shared", "policy"), default="shared",
                    help="PPOConfig.critic of the PPO row: 'shared' (its own LoRA adapter) or 'policy' (the value "
                         "head on the policy adapter).")
+    p.add_argument("--critic-layers", default="half",
+                   help="PPOConfig.critic_layers of the PPO row's shared critic: 'half' (default), 'all' or N.")
     p.add_argument("--separate-old-pass", action="store_true",
                    help="PPO row with fuse_old_pass=False: the old log-probs and values from their own no-grad "
                         "pass instead of the first update's forward.")
@@ -438,6 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     s = settings(a.quick)
     s["critic"] = a.critic
+    s["critic_layers"] = a.critic_layers
     s["fuse_old_pass"] = not a.separate_old_pass
     models = a.models or (["tiny-llava"] if a.quick else [f"tiny-{x}" for x in TINY_ARCHS] + ["demo", "realistic"])
     in_process = CHILD_TASKS if (a.in_process or a.quick) and not a.isolated else None

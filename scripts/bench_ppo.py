@@ -17,10 +17,13 @@ Three tables:
    float32 for both. samples/s = completions per iteration / median iteration wall time
    (the first iteration dropped as warm-up). Two measurements (--speed-method):
    "interleaved" builds the trainers in one child process and alternates their
-   iterations (mmft, mmft with the other critic, GRPO, mmft, ...), so changing load from
-   other jobs hits all alike: this gives `speed_ratio` (mmft PPO with `--critic`, default
-   "shared") and `speed_ratio_by_critic` (both critics: "shared", a LoRA adapter of its
-   own; "policy", the value head on the policy adapter); "separate" runs each system in its own child process,
+   iterations (mmft, mmft with the other critics, GRPO, mmft, ...), so changing load from
+   other jobs hits all alike: this gives `speed_ratio` (mmft PPO with `--critic` and
+   `--critic-layers`, by default PPOConfig's: the shared critic on the top half of the
+   layers) and `speed_ratio_by_critic` ("shared_half": the critic's own LoRA adapter on
+   the top half of the decoder layers, run from the reference pass's hidden states;
+   "shared_all": that adapter over the whole model, with its own forward; "policy": the
+   value head on the policy adapter); "separate" runs each system in its own child process,
    alternating A B B A ..., for its peak RSS (getrusage ru_maxrss in the child):
    `memory_ratio` (and `speed_ratio_separate`); medians over repeats.
    Targets (issue 3): speed_ratio = mmft / GRPO samples/s >= 0.9; memory_ratio = peak
@@ -64,13 +67,13 @@ SCRIPT = Path(__file__).resolve()
 FULL = dict(
     micro_batch=32, grad_accum=1, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=16, lora_alpha=32, lora_targets="language+projector", seed=0, train_scenes=2000,
-    critic="shared", speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
+    critic="shared", critic_layers="half", speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
     quality_iterations=6, quality_epochs=1, eval_scenes=200, eval_batch=50,
 )
 QUICK = dict(
     micro_batch=4, grad_accum=1, num_generations=2, max_new_tokens=6, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=8, lora_alpha=16, lora_targets="language", seed=0, train_scenes=32,
-    critic="shared", speed_iterations=2, repeats=1,
+    critic="shared", critic_layers="half", speed_iterations=2, repeats=1,
     quality_iterations=1, quality_epochs=1, eval_scenes=8, eval_batch=8,
 )
 
@@ -108,7 +111,7 @@ def mmft_config(kind: str, s: dict, out: str, iterations: int, epochs: int):
     )
     if kind == "mmft_ppo":
         return PPOConfig(kl_coef=s["kl_coef"], critic=s.get("critic", "shared"), vf_coef=s.get("vf_coef", 0.1),
-                         **common)
+                         critic_layers=s.get("critic_layers", "half"), **common)
     return SCSTConfig(baseline="greedy", num_generations=1, kl_coef=0.0, **common)
 
 
@@ -246,9 +249,11 @@ def child_interleaved(spec: dict) -> dict:
 
     s = spec["settings"]
     n = s["speed_iterations"] + 1
-    # mmft PPO with the configured critic ("mmft_ppo", the speed_ratio) and with the other one.
-    other = "shared" if s.get("critic", "shared") == "policy" else "policy"
-    mmft_settings = {"mmft_ppo": s, f"mmft_ppo_critic_{other}": {**s, "critic": other}}
+    # mmft PPO with the configured critic ("mmft_ppo", the speed_ratio) and with each other one.
+    mmft_settings = {"mmft_ppo": s}
+    for variant in CRITIC_VARIANTS:
+        if critic_key(variant) != critic_key(s):
+            mmft_settings[f"mmft_ppo_critic_{critic_key(variant)}"] = {**s, **variant}
     batch = s["micro_batch"] * s["grad_accum"]
     go_grpo, go_main = threading.Event(), threading.Event()
     lengths = {k: [] for k in [*mmft_settings, "trl_grpo"]}
@@ -411,6 +416,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--critic", choices=("shared", "policy"),
                    help="mmft PPO's critic (PPOConfig.critic): 'shared' (default: its own LoRA adapter on the one "
                         "base) or 'policy' (the value head on the policy adapter's hidden states).")
+    p.add_argument("--critic-layers",
+                   help="PPOConfig.critic_layers of the shared critic: 'half' (default), 'all' or N, the top "
+                        "decoder layers its adapter covers.")
     p.add_argument("--micro-batch", type=int, help="per_device_train_batch_size of every system.")
     p.add_argument("--vf-coef", type=float, help="mmft PPO's vf_coef (default 0.1).")
     p.add_argument("--seed", type=int, help="Seed of every system (sampling, data order, LoRA init).")
@@ -443,7 +451,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     s = dict(QUICK if a.quick else FULL)
     for key in ("repeats", "speed_iterations", "quality_iterations", "quality_epochs", "eval_scenes", "critic",
-                "micro_batch", "grad_accum", "seed", "vf_coef"):
+                "critic_layers", "micro_batch", "grad_accum", "seed", "vf_coef"):
         if getattr(a, key) is not None:
             s[key] = getattr(a, key)
     batch = s["micro_batch"] * s["grad_accum"]
@@ -478,8 +486,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["speed_interleaved"] = il
         results["speed_ratio_interleaved"] = il["mmft_ppo"]["samples_per_s"] / il["trl_grpo"]["samples_per_s"]
         results["speed_ratio_by_critic"] = {
-            f"critic={s['critic']}": results["speed_ratio_interleaved"],
-            **{f"critic={k.rsplit('_', 1)[1]}": il[k]["samples_per_s"] / il["trl_grpo"]["samples_per_s"]
+            critic_key(s): results["speed_ratio_interleaved"],
+            **{k[len("mmft_ppo_critic_"):]: il[k]["samples_per_s"] / il["trl_grpo"]["samples_per_s"]
                for k in il if k.startswith("mmft_ppo_critic_")}}
         log(f"  mmft PPO {il['mmft_ppo']['samples_per_s']:.3f} samples/s, TRL GRPO "
             f"{il['trl_grpo']['samples_per_s']:.3f} samples/s; iterations (s): mmft "
@@ -547,11 +555,30 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+# The critics timed side by side in the interleaved run (PPOConfig.critic and critic_layers).
+CRITIC_VARIANTS = ({"critic": "shared", "critic_layers": "half"}, {"critic": "shared", "critic_layers": "all"},
+                   {"critic": "policy", "critic_layers": "half"})
+
+
+def critic_key(s: dict) -> str:
+    """'shared_half' (the default), 'shared_all', 'shared_top2' (critic_layers=2) or 'policy'."""
+    critic, layers = s.get("critic", "shared"), s.get("critic_layers", "half")
+    if critic != "shared":
+        return critic
+    return f"shared_{layers}" if layers in ("half", "all") else f"shared_top{layers}"
+
+
 def _ppo_name(s: dict) -> str:
-    critic = s.get("critic", "shared")
-    what = "policy + critic adapters + value head" if critic == "shared" else "policy adapter + value head on it"
+    critic, layers = s.get("critic", "shared"), s.get("critic_layers", "half")
+    if critic == "policy":
+        what = "critic=policy: policy adapter + value head on it"
+    elif layers == "all":
+        what = "critic=shared, critic_layers=all: policy + critic adapters over the whole model + value head"
+    else:
+        what = (f"critic=shared, critic_layers={layers}: policy adapter + critic adapter on the top "
+                f"{layers if layers != 'half' else 'half of the'} layers + value head")
     fused = ", old pass fused" if s["grad_accum"] == 1 else ""
-    return f"mmft PPO (critic={critic}: {what}, 1 base{fused})"
+    return f"mmft PPO ({what}, 1 base{fused})"
 
 
 def render(r: dict) -> str:
@@ -566,7 +593,8 @@ def render(r: dict) -> str:
     if "speed_interleaved" in r:
         il = r["speed_interleaved"]
         systems = [("mmft_ppo", _ppo_name(s))]
-        systems += [(k, _ppo_name({**s, "critic": k.rsplit("_", 1)[1]})) for k in il if k.startswith("mmft_ppo_critic_")]
+        systems += [(f"mmft_ppo_critic_{critic_key(v)}", _ppo_name({**s, **v})) for v in CRITIC_VARIANTS
+                    if f"mmft_ppo_critic_{critic_key(v)}" in il]
         rows = [[name, il[k]["samples_per_s"], " ".join(f"{t:.1f}" for t in il[k]["iteration_s"])]
                 for k, name in systems + [("trl_grpo", "TRL GRPO")]]
         out.append(f"Throughput, like for like, interleaved in one process ({batch} completions/iteration, max "
@@ -593,7 +621,7 @@ def render(r: dict) -> str:
         out.append("")
     if "quality" in r:
         q = r["quality"]
-        names = {"base": "base model (before RL)", "mmft_ppo": f"mmft PPO (critic={s.get('critic', 'shared')})", "mmft_scst": "mmft SCST (greedy baseline)",
+        names = {"base": "base model (before RL)", "mmft_ppo": f"mmft PPO (critic={critic_key(s)})", "mmft_scst": "mmft SCST (greedy baseline)",
                  "trl_grpo": "TRL GRPO"}
         rows = [[names[k], v["CIDEr"], v["Bleu_4"], v["samples"], v.get("epochs", ""), v["train_s"]]
                 for k, v in q.items()]

@@ -7,7 +7,12 @@ a response appended to a prompt.
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
+
+logger = logging.getLogger("mmft")
 
 # Linear layers of a decoder block in every supported language model.
 _LM_LINEARS = r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -105,3 +110,67 @@ def output_embeddings(model: torch.nn.Module, purpose: str) -> torch.nn.Module:
         raise ValueError(f"{type(base).__name__} has no LM head: {purpose} needs the full "
                          "XForConditionalGeneration model.")
     return head
+
+
+def decoder_stack(model: torch.nn.Module) -> tuple[torch.nn.ModuleList, torch.nn.Module]:
+    """The language model's decoder layers and its final norm (through peft wrappers)."""
+    vlm = inner_model(model)
+    language_model = getattr(vlm, "language_model", None) or getattr(vlm, "text_model", None) or vlm
+    layers, norm = getattr(language_model, "layers", None), getattr(language_model, "norm", None)
+    if not isinstance(layers, torch.nn.ModuleList) or norm is None:
+        raise ValueError(f"{type(language_model).__name__} has no `layers` list and final `norm`: critic_layers "
+                         "needs them; set critic_layers='all' (the critic then runs the whole model).")
+    return layers, norm
+
+
+def injected_layers(config) -> int:
+    """How many of the language model's bottom layers get visual features added to their
+    output outside the layer itself (Qwen3-VL's DeepStack); a layer range that runs on
+    its own must start above them."""
+    vision = getattr(config, "vision_config", None)
+    return len(getattr(vision, "deepstack_visual_indexes", None) or [])
+
+
+def critic_layer_count(critic_layers: int | str, model: torch.nn.Module) -> int | None:
+    """`PPOConfig.critic_layers` as a number of top decoder layers (None: the whole model).
+    'half' is the top half, fewer if Qwen3-VL's DeepStack layers are reached; on a
+    language model without a `layers` list and final `norm` it means the whole model."""
+    if critic_layers == "all":
+        return None
+    if critic_layers != "half":
+        return int(critic_layers)
+    try:
+        layers, _ = decoder_stack(model)
+    except ValueError as err:
+        logger.warning("critic_layers='half': %s The critic runs the whole model.", err)
+        return None
+    return max(1, min(math.ceil(len(layers) / 2), len(layers) - injected_layers(model.config)))
+
+
+def top_layers_lora_config(peft_config, model: torch.nn.Module, num_layers: int):
+    """A copy of `peft_config` that targets only the modules it would target in the top
+    `num_layers` decoder layers of the language model (listed by full name)."""
+    import copy
+
+    from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
+
+    layers, _ = decoder_stack(model)
+    total, low = len(layers), injected_layers(model.config)
+    if not 1 <= num_layers <= total - low:
+        raise ValueError(f"critic_layers={num_layers}: the language model has {total} decoder layers"
+                         + (f", the bottom {low} of which take visual features from outside the layer (DeepStack)"
+                            if low else "") + f"; use 1 to {total - low}.")
+    top = {id(m) for layer in layers[total - num_layers:] for m in layer.modules()}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Linear layers, or the LoRA layers already wrapping them (not their inner modules).
+    names = [name for name, module in base.named_modules()
+             if id(module) in top and isinstance(module, (torch.nn.Linear, BaseTunerLayer))
+             and not any(part in name for part in (".base_layer", ".lora_"))
+             and check_target_module_exists(peft_config, name)]
+    if not names:
+        raise ValueError(f"critic_layers={num_layers}: the LoRA config targets no Linear layer in the top "
+                         f"{num_layers} decoder layers (target_modules={peft_config.target_modules!r}).")
+    config = copy.deepcopy(peft_config)
+    config.target_modules = names
+    config.layers_to_transform = config.layers_pattern = None
+    return config

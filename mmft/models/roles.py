@@ -5,7 +5,10 @@
   from an SFT adapter (loaded a second time, frozen);
 - critic: a second trainable LoRA adapter "value" on the same base plus a scalar value
   head on the last hidden state of the language model, so the critic sees the image;
-  or, with `critic="separate"`, its own backbone; or, with `critic="policy"`, the value
+  with `critic_layers=k`, the adapter covers only the top k decoder layers, which the
+  critic runs on its own from the reference forward's input to the first of them (the
+  "trunk", cached over the rollout), so its forward and backward cost k layers instead
+  of the whole model and vision tower; or, with `critic="separate"`, its own backbone; or, with `critic="policy"`, the value
   head alone on the policy's own last hidden state (one forward gives logits and values).
 
 `ActorCritic` is one `nn.Module`, so accelerate/DeepSpeed wrap a single engine holding
@@ -23,7 +26,7 @@ import contextlib
 import torch
 from torch import nn
 
-from mmft.models.arch import inner_model, output_embeddings, text_hidden_size
+from mmft.models.arch import decoder_stack, inner_model, output_embeddings, text_hidden_size
 
 POLICY, VALUE, REF = "policy", "value", "ref"
 
@@ -94,13 +97,16 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, peft_model: nn.Module, critic_model: nn.Module | None = None, with_critic: bool = True,
-                 value_on_policy: bool = False):
+                 value_on_policy: bool = False, critic_layers: int | None = None):
         super().__init__()
         self.policy = peft_model
         self.critic_backbone = critic_model
         self.with_critic = with_critic
         # critic="policy": the value head reads the policy adapter's hidden states.
         self.value_on_policy = with_critic and value_on_policy and critic_model is None
+        # The shared critic's own top layers (None: its adapter runs the whole model).
+        shared = with_critic and critic_model is None and not self.value_on_policy
+        self.critic_layers = critic_layers if shared and critic_layers else None
         source = critic_model if critic_model is not None else peft_model
         self.value_head = ValueHead(text_hidden_size(source.config)) if with_critic else None
         # The head stays float32 whatever the base's dtype: values feed GAE and the value loss.
@@ -268,17 +274,26 @@ class ActorCritic(nn.Module):
         response_length: int,
         temperature: float = 1.0,
         roles: tuple[str, ...] = (POLICY,),
+        trunk: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run the requested roles on one training-layout batch.
 
         Returns `logits` [B, R, V] for "policy" and "ref", `values` [B, R] for "value".
         With the critic on the policy, "policy" and "value" together are one forward.
+        With `critic_layers`, "ref" also returns `trunk` [B, T, H], the reference's input to
+        the critic's first layer, and "value" starts from `trunk` (this call's, or the one
+        passed in, cached from the rollout's reference pass).
         """
         out: dict[str, torch.Tensor] = {}
         text_only = self.dummy_image_inputs is not None and "pixel_values" not in inputs
+        top_inputs: list | None = None  # what the critic's layers receive, caught in a forward of this batch
         for role in roles:
             if role == VALUE and "values" in out:
                 continue  # came with the policy's forward
+            if role == VALUE and top_inputs is not None and (trunk is not None or "trunk" in out):
+                out["values"] = self._top_layer_values(trunk if trunk is not None else out["trunk"], top_inputs,
+                                                       prompt_length, response_length)
+                continue  # no model call: the dummy-vision flag stays unset
             self._text_only_batch = text_only  # consumed by the dummy-vision hook, once per model call
             if role == POLICY and self.value_on_policy and VALUE in roles:
                 self.activate(POLICY)
@@ -287,14 +302,25 @@ class ActorCritic(nn.Module):
                 out["values"] = self.value_head(hidden).float()
             elif role == POLICY:
                 self.activate(POLICY)
-                out["logits"] = response_logits(self.policy, inputs, prompt_length, response_length, temperature)
+                with self._catch_top_inputs(self.critic_layers and VALUE in roles) as caught:
+                    out["logits"] = response_logits(self.policy, inputs, prompt_length, response_length, temperature)
+                top_inputs = caught or top_inputs
             elif role == REF:
-                with self.reference():
+                with self.reference(), self._catch_top_inputs(self.critic_layers) as caught:
                     out["ref_logits"] = response_logits(
                         self.policy, inputs, prompt_length, response_length, temperature)
+                if caught:
+                    top_inputs, out["trunk"] = caught, caught[0][0].detach()
             elif role == VALUE:
                 if self.critic_backbone is not None:
                     hidden = response_hidden(self.critic_backbone, inputs, prompt_length, response_length)
+                elif self.critic_layers:  # no forward of this batch in this call: the reference's gives both
+                    with torch.no_grad(), self.reference(), self._catch_top_inputs(True) as caught:
+                        inner_model(self.policy)(**inputs, use_cache=False)
+                    out["trunk"] = caught[0][0]
+                    out["values"] = self._top_layer_values(trunk if trunk is not None else out["trunk"], caught,
+                                                           prompt_length, response_length)
+                    continue
                 elif self.value_on_policy:
                     self.activate(POLICY)
                     hidden = response_hidden(self.policy, inputs, prompt_length, response_length)
@@ -306,3 +332,48 @@ class ActorCritic(nn.Module):
             else:
                 raise ValueError(f"Unknown role {role!r}")
         return out
+
+    @contextlib.contextmanager
+    def _catch_top_inputs(self, enabled):
+        """Catch what each of the critic's layers receives in the next forward: the first
+        one's hidden states and every one's keyword inputs (masks, position embeddings,
+        which differ per layer in some architectures, e.g. Gemma 3's sliding and global
+        layers). Yields None when not `enabled`."""
+        if not enabled:
+            yield None
+            return
+        layers, _ = decoder_stack(self.policy)
+        caught: list[tuple[torch.Tensor | None, dict]] = []
+
+        def hook(module, args, kwargs):
+            hidden = (args[0] if args else kwargs["hidden_states"]) if not caught else None
+            caught.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True)
+                   for layer in layers[len(layers) - self.critic_layers:]]
+        try:
+            yield caught
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _top_layer_values(self, trunk: torch.Tensor, caught: list, prompt_length: int,
+                          response_length: int) -> torch.Tensor:
+        """Values [B, R] from the critic's own layers (the "value" adapter active), started
+        from `trunk`, the reference's input to the first of them."""
+        layers, norm = decoder_stack(self.policy)
+        top = layers[len(layers) - self.critic_layers:]
+        if len(caught) != len(top):
+            raise RuntimeError(f"critic_layers={self.critic_layers}: caught the inputs of {len(caught)} of the top "
+                               f"{len(top)} decoder layers in a forward; this architecture needs "
+                               "critic_layers='all'.")
+        hidden = trunk.detach()
+        self.activate(VALUE)
+        try:
+            for layer, (_, kwargs) in zip(top, caught):
+                hidden = layer(hidden, **kwargs)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            hidden = norm(hidden)
+        finally:
+            self.activate(POLICY)
+        return self.value_head(hidden[:, prompt_length - 1: prompt_length + response_length - 1]).float()

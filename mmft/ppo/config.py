@@ -123,6 +123,14 @@ class PPOConfig(RLConfig):
                                                             "policy adapter, weighted by vf_coef)."})
     critic_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Backbone of a separate critic (default: the policy's base)."})
+    critic_layers: str = field(  # or an int (Python, YAML); the command line gives "N"
+        default="half", metadata={"help": "critic='shared' only: how many of the language model's top decoder layers "
+                                          "the critic's adapter covers. The critic runs them on its own from the "
+                                          "reference pass's input to the first of them (cached over the rollout); "
+                                          "below them it is the frozen reference, so its forward and backward cost "
+                                          "those layers instead of the whole model and vision tower. 'half' "
+                                          "(default): the top half; N: the top N; 'all': the adapter on every layer, "
+                                          "with its own forward over the whole model."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -130,6 +138,14 @@ class PPOConfig(RLConfig):
             raise ValueError(f"critic must be 'shared', 'separate' or 'policy', got {self.critic!r}.")
         if self.critic_model_name_or_path and self.critic != "separate":
             raise ValueError(f"critic_model_name_or_path is only used with critic='separate' (critic={self.critic!r}).")
+        layers = self.critic_layers
+        if isinstance(layers, str) and layers.strip().isdigit():  # from the command line
+            layers = self.critic_layers = int(layers)
+        if not (layers in ("half", "all") or (type(layers) is int and layers >= 1)):
+            raise ValueError(f"critic_layers must be 'half', 'all' or a number of layers >= 1, got {layers!r}.")
+        if type(layers) is int and self.critic != "shared":
+            raise ValueError(f"critic_layers={layers} needs critic='shared' (critic={self.critic!r}): the other "
+                             "critics have no adapter of their own on the policy's base.")
 
 
 @dataclass

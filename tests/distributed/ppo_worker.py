@@ -2,7 +2,7 @@
 with `accelerate launch`. Writes what the test checks into OUT/rank{r}.json.
 
 argv[1]: JSON with model, output_dir, out, per_device, gas, max_steps, seed and optionally
-         resume, top_k, algorithm ("ppo" or "scst"), gradient_checkpointing,
+         resume, top_k, algorithm ("ppo" or "scst"), critic, critic_layers, gradient_checkpointing,
          text_only_rank (that rank's rows have no image) and short_rank (that rank loads
          one row fewer: the ranks disagree on the dataset length).
 """
@@ -39,7 +39,7 @@ def main() -> None:
                         seed=opts["seed"], top_k=opts.get("top_k", 0), max_grad_norm=0.0, learning_rate=1e-3,
                         gradient_checkpointing=opts.get("gradient_checkpointing", False),
                         gather_for_generation=opts.get("gather", True),
-                        **({"critic": opts["critic"]} if "critic" in opts else {}))
+                        **{k: opts[k] for k in ("critic", "critic_layers") if k in opts})
     # The launcher's RANK: torch.distributed is not initialised before the trainer exists, so
     # distributed() would say rank 0 on every process here.
     launch_rank = int(os.environ.get("RANK", "0"))

@@ -57,16 +57,21 @@ def test_ppo_under_zero_two_ranks(config, tiny_vlm_dir, tmp_path):
     assert resumed[0]["digest"] == resumed[1]["digest"]
 
 
-@pytest.mark.parametrize("gas,critic", [(2, "shared"), (1, "policy")])
+# Critics: the whole-model adapter, the value head on the policy, the adapter on the top layer.
+CRITICS = {"shared": {"critic": "shared", "critic_layers": "all"}, "policy": {"critic": "policy"},
+           "top_layer": {"critic": "shared", "critic_layers": 1}}
+
+
+@pytest.mark.parametrize("gas,critic", [(2, "shared"), (1, "policy"), (1, "top_layer")])
 def test_two_ranks_equal_one_process_with_twice_the_batch(gas, critic, tiny_vlm_dir, tmp_path):
     """2 ranks x batch B and 1 process x batch 2B give the same update (responses are made
     deterministic with top_k=1 so both runs score the same samples). gas=1: the old pass
-    fused into the first update (fuse_old_pass), with the value head on the policy."""
+    fused into the first update (fuse_old_pass)."""
     model = tiny_vlm_dir("llava")
     two, out2 = run_worker("cpu_ddp.yaml", tmp_path, "two", model=model, per_device=2, gas=gas, max_steps=1, top_k=1,
-                           critic=critic)
+                           **CRITICS[critic])
     one, out1 = run_worker(None, tmp_path, "one", model=model, per_device=4, gas=gas, max_steps=1, top_k=1,
-                           critic=critic)
+                           **CRITICS[critic])
     assert sorted(two[0]["drawn"] + two[1]["drawn"]) == sorted(one[0]["drawn"])
     a, b = torch.load(out2 / "state0.pt"), torch.load(out1 / "state0.pt")
     start = {k: v for k, v in a.items()}
@@ -75,11 +80,11 @@ def test_two_ranks_equal_one_process_with_twice_the_batch(gas, critic, tiny_vlm_
     assert any(("lora_B" in k and start[k].abs().max() > 0) for k in a)  # the update really happened
 
 
-@pytest.mark.parametrize("critic", ["shared", "policy"])
+@pytest.mark.parametrize("critic", list(CRITICS))
 def test_zero3_ranks_with_and_without_images_do_not_hang(critic, tiny_vlm_dir, tmp_path):
     model = tiny_vlm_dir("llava")
     records, _ = run_worker("cpu_zero3.yaml", tmp_path, "mixed", model=model, per_device=2, gas=1, max_steps=1,
-                            text_only_rank=1, critic=critic)
+                            text_only_rank=1, **CRITICS[critic])
     assert [r["images"] for r in records] == [True, False]  # rank 1 really had no image
     assert all(r["losses_finite"] for r in records) and records[0]["digest"] == records[1]["digest"]
 
@@ -103,9 +108,10 @@ def test_zero3_generation_without_gathering(tiny_vlm_dir, tmp_path):
     assert all(r["losses_finite"] for r in records) and records[0]["digest"] == records[1]["digest"]
 
 
-def test_gradient_checkpointing_under_zero3_with_the_shared_critic(tiny_vlm_dir, tmp_path):
+@pytest.mark.parametrize("critic", ["shared", "top_layer"])
+def test_gradient_checkpointing_under_zero3_with_the_shared_critic(critic, tiny_vlm_dir, tmp_path):
     records, out = run_worker("cpu_zero3.yaml", tmp_path, "ckpt", model=tiny_vlm_dir("llava"), per_device=2,
-                              gas=1, max_steps=1, gradient_checkpointing=True)
+                              gas=1, max_steps=1, gradient_checkpointing=True, **CRITICS[critic])
     assert all(r["gradient_checkpointing"] for r in records)
     assert all(r["losses_finite"] and r["loss_keys"] == ["loss/policy", "loss/value"] for r in records)
     assert records[0]["digest"] == records[1]["digest"]

@@ -35,6 +35,15 @@ def state(trainer):
     return {k: v.clone() for k, v in trainer._trainable_state().items()}
 
 
+def sampled_batch(trainer, n: int = 4):
+    """A rollout of the first `n` training rows, its training-layout inputs, P and R."""
+    idx = list(range(n))
+    prompts, _ = trainer.collate(trainer.fetch_rows(trainer.train_dataset, idx), idx)
+    rollout = trainer.rollout(prompts)
+    inputs = training_inputs(rollout.prompts, rollout.response_ids, rollout.response_mask, trainer.model_type)
+    return rollout, inputs, rollout.prompts.prompt_length, rollout.response_ids.shape[1]
+
+
 def count_forwards(trainer) -> list[int]:
     """Counts the language model's forwards (every role's pass goes through it once)."""
     calls = [0]
@@ -43,7 +52,8 @@ def count_forwards(trainer) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("algorithm,critic", [("ppo", "shared"), ("ppo", "policy"), ("ppo", "separate"), ("scst", None)])
+@pytest.mark.parametrize("algorithm,critic", [("ppo", "shared"), ("ppo", "policy"), ("ppo", "separate"),
+                                              ("ppo", "top_layer"), ("scst", None)])
 def test_fused_old_pass_gives_the_same_training(algorithm, critic, tiny_vlm_dir, data, tmp_path):
     """With one micro-batch per rank, fusing the old-log-prob pass into the first update
     changes nothing but the forward count: same metrics, same adapters after two
@@ -52,7 +62,9 @@ def test_fused_old_pass_gives_the_same_training(algorithm, critic, tiny_vlm_dir,
     runs = {}
     for fused in (False, True):
         if algorithm == "ppo":
-            cfg = config(PPOConfig, tmp_path, f"{fused}", num_ppo_epochs=2, critic=critic, fuse_old_pass=fused)
+            kw = {"top_layer": dict(critic="shared", critic_layers=1),
+                  "shared": dict(critic="shared", critic_layers="all")}.get(critic, dict(critic=critic))
+            cfg = config(PPOConfig, tmp_path, f"{fused}", num_ppo_epochs=2, fuse_old_pass=fused, **kw)
             trainer = PPOTrainer(path, args=cfg, reward_funcs=[WordCount()], train_dataset=data)
         else:
             cfg = config(SCSTConfig, tmp_path, f"{fused}", num_ppo_epochs=2, baseline="mean", num_generations=2,
@@ -71,7 +83,8 @@ def test_fused_old_pass_gives_the_same_training(algorithm, critic, tiny_vlm_dir,
             if key in h_plain:
                 assert h_fused[key] == pytest.approx(h_plain[key], abs=1e-5), key
     # Generation runs the language model once per new token; the passes are what differ.
-    separate_passes = {"shared": 2, "separate": 1, "policy": 1, None: 1}[critic]  # passes of the policy base
+    # Passes of the policy base (the top-layer critic runs no full forward of its own).
+    separate_passes = {"shared": 2, "separate": 1, "policy": 1, "top_layer": 1, None: 1}[critic]
     assert n_plain - n_fused == 2 * separate_passes
 
 
@@ -96,11 +109,7 @@ def test_policy_critic_values_come_with_the_logits(arch, tiny_vlm_dir, tmp_path)
     assert VALUE not in model.policy.peft_config
     torch.manual_seed(0)
     torch.nn.init.normal_(model.value_head.summary.weight, std=0.5)
-    idx = list(range(4))
-    prompts, _ = trainer.collate(trainer.fetch_rows(trainer.train_dataset, idx), idx)
-    rollout = trainer.rollout(prompts)
-    P, R = rollout.prompts.prompt_length, rollout.response_ids.shape[1]
-    inputs = training_inputs(rollout.prompts, rollout.response_ids, rollout.response_mask, trainer.model_type)
+    rollout, inputs, P, R = sampled_batch(trainer)
     with torch.no_grad():
         both = model(inputs, P, R, 1.0, (POLICY, VALUE))
         logits = model(inputs, P, R, 1.0, (POLICY,))["logits"]

@@ -319,6 +319,7 @@ def _dump_profile(profiler, path: str) -> None:
 
     buf = io.StringIO()
     pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(60)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(buf.getvalue())
 
 

@@ -4,12 +4,13 @@
 - reference: the base with adapters disabled, or a frozen adapter "ref" when PPO starts
   from an SFT adapter (loaded a second time, frozen);
 - critic: a second trainable LoRA adapter "value" on the same base plus a scalar value
-  head on the last hidden state of the language model, so the critic sees the image;
-  with `critic_layers=k`, the adapter covers only the top k decoder layers, which the
+  head on the last hidden state of the language model, so the critic sees the image.
+  With `critic_layers=k` the adapter covers only the top k decoder layers, which the
   critic runs on its own from the reference forward's input to the first of them (the
-  "trunk", cached over the rollout), so its forward and backward cost k layers instead
-  of the whole model and vision tower; or, with `critic="separate"`, its own backbone; or, with `critic="policy"`, the value
-  head alone on the policy's own last hidden state (one forward gives logits and values).
+  "trunk", cached over the rollout): its forward and backward cost k layers instead of
+  the whole model and vision tower. Or, with `critic="separate"`, its own backbone; or,
+  with `critic="policy"`, the value head alone on the policy's own last hidden state
+  (one forward gives logits and values).
 
 `ActorCritic` is one `nn.Module`, so accelerate/DeepSpeed wrap a single engine holding
 every trainable parameter. Its `forward(role=...)` switches the active adapter. Two peft
@@ -302,7 +303,8 @@ class ActorCritic(nn.Module):
                 out["values"] = self.value_head(hidden).float()
             elif role == POLICY:
                 self.activate(POLICY)
-                with self._catch_top_inputs(self.critic_layers and VALUE in roles) as caught:
+                # The critic's layer inputs (not needed when a reference pass in this call gives them).
+                with self._catch_top_inputs(self.critic_layers and VALUE in roles and REF not in roles) as caught:
                     out["logits"] = response_logits(self.policy, inputs, prompt_length, response_length, temperature)
                 top_inputs = caught or top_inputs
             elif role == REF:

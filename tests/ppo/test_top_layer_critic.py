@@ -107,3 +107,40 @@ def test_critic_layers_values_and_errors(tiny_vlm_dir, data, tmp_path):
     with pytest.raises(ValueError, match="DeepStack.*use 1 to 1"):
         PPOTrainer(tiny_vlm_dir("qwen3_vl"), args=config(PPOConfig, tmp_path, "deep", critic_layers=2),
                    reward_funcs=[WordCount()], train_dataset=_dataset_for("qwen3_vl"))
+
+
+def test_top_layer_critic_below_is_the_sft_reference(tiny_vlm_dir, tmp_path):
+    """Starting from an SFT adapter, the layers below the critic's are the frozen 'ref'
+    adapter: the values equal a forward with 'ref' active below and 'value' on top."""
+    from peft import get_peft_model
+
+    from mmft.models.loading import load_vlm
+    from mmft.rl_trainer import default_lora_config
+
+    sft = get_peft_model(load_vlm(tiny_vlm_dir("llava")), default_lora_config(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in sft.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    sft.save_pretrained(tmp_path / "sft")
+    cfg = PPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_new_tokens=4)
+    trainer = PPOTrainer(tiny_vlm_dir("llava"), args=cfg, reward_funcs=[WordCount()],
+                         train_dataset=_dataset_for("llava"), sft_adapter=str(tmp_path / "sft"))
+    model = trainer.unwrapped
+    _perturb_critic(model)
+    rollout, inputs, P, R = sampled_batch(trainer)
+    layers, _ = decoder_stack(model.policy)
+    top = {id(m) for m in layers[-1].modules()}
+    with torch.no_grad():
+        values = model(inputs, P, R, 1.0, (POLICY, REF, VALUE))["values"]
+        for m in model._lora_layers():
+            m._active_adapter = [VALUE] if id(m) in top else [REF]
+        model._switched_to = None
+        hidden = inner_model(model.policy)(**inputs, use_cache=False).last_hidden_state
+        expected = model.value_head(hidden[:, P - 1: P + R - 1]).float()
+        model.activate(VALUE)  # the base below (no 'value' adapter there), for contrast
+        on_base = inner_model(model.policy)(**inputs, use_cache=False).last_hidden_state
+        model.activate(POLICY)
+    mask = rollout.response_mask.bool()
+    torch.testing.assert_close(values[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    assert (model.value_head(on_base[:, P - 1: P + R - 1]).float() - expected)[mask].abs().max() > 1e-4

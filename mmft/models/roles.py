@@ -82,9 +82,13 @@ def response_logits_and_hidden(
 def response_hidden(
     model: nn.Module, inputs: dict[str, torch.Tensor], prompt_length: int, response_length: int
 ) -> torch.Tensor:
-    """Last hidden states [B, R, H]; the state at P-1+t is the one that predicts token t."""
-    out = inner_model(model)(**inputs, use_cache=False)
-    hidden = out.last_hidden_state
+    """Last hidden states [B, R, H] (`at_response`)."""
+    return at_response(inner_model(model)(**inputs, use_cache=False).last_hidden_state, prompt_length, response_length)
+
+
+def at_response(hidden: torch.Tensor, prompt_length: int, response_length: int) -> torch.Tensor:
+    """The states [B, R, H] of a full sequence's [B, T, H] that predict the response
+    tokens: the state at P-1+t predicts token t."""
     return hidden[:, prompt_length - 1: prompt_length + response_length - 1]
 
 
@@ -291,10 +295,15 @@ class ActorCritic(nn.Module):
         for role in roles:
             if role == VALUE and "values" in out:
                 continue  # came with the policy's forward
-            if role == VALUE and top_inputs is not None and (trunk is not None or "trunk" in out):
+            if role == VALUE and self.critic_layers:
+                if top_inputs is None:  # no forward of this batch caught them: a reference pass gives both
+                    self._text_only_batch = text_only
+                    with torch.no_grad(), self.reference(), self._catch_top_inputs(True) as caught:
+                        inner_model(self.policy)(**inputs, use_cache=False)
+                    top_inputs, out["trunk"] = caught, caught[0][0]
                 out["values"] = self._top_layer_values(trunk if trunk is not None else out["trunk"], top_inputs,
                                                        prompt_length, response_length)
-                continue  # no model call: the dummy-vision flag stays unset
+                continue
             self._text_only_batch = text_only  # consumed by the dummy-vision hook, once per model call
             if role == POLICY and self.value_on_policy and VALUE in roles:
                 self.activate(POLICY)
@@ -303,8 +312,9 @@ class ActorCritic(nn.Module):
                 out["values"] = self.value_head(hidden).float()
             elif role == POLICY:
                 self.activate(POLICY)
-                # The critic's layer inputs (not needed when a reference pass in this call gives them).
-                with self._catch_top_inputs(self.critic_layers and VALUE in roles and REF not in roles) as caught:
+                # The critic's layer inputs, when a trunk is passed in and no reference pass here catches them.
+                catch = self.critic_layers and VALUE in roles and REF not in roles and trunk is not None
+                with self._catch_top_inputs(catch) as caught:
                     out["logits"] = response_logits(self.policy, inputs, prompt_length, response_length, temperature)
                 top_inputs = caught or top_inputs
             elif role == REF:
@@ -316,13 +326,6 @@ class ActorCritic(nn.Module):
             elif role == VALUE:
                 if self.critic_backbone is not None:
                     hidden = response_hidden(self.critic_backbone, inputs, prompt_length, response_length)
-                elif self.critic_layers:  # no forward of this batch in this call: the reference's gives both
-                    with torch.no_grad(), self.reference(), self._catch_top_inputs(True) as caught:
-                        inner_model(self.policy)(**inputs, use_cache=False)
-                    out["trunk"] = caught[0][0]
-                    out["values"] = self._top_layer_values(trunk if trunk is not None else out["trunk"], caught,
-                                                           prompt_length, response_length)
-                    continue
                 elif self.value_on_policy:
                     self.activate(POLICY)
                     hidden = response_hidden(self.policy, inputs, prompt_length, response_length)
@@ -344,15 +347,14 @@ class ActorCritic(nn.Module):
         if not enabled:
             yield None
             return
-        layers, _ = decoder_stack(self.policy)
+        top, _ = self._critic_stack()
         caught: list[tuple[torch.Tensor | None, dict]] = []
 
         def hook(module, args, kwargs):
             hidden = (args[0] if args else kwargs["hidden_states"]) if not caught else None
             caught.append((hidden, {k: v for k, v in kwargs.items() if k != "hidden_states"}))
 
-        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True)
-                   for layer in layers[len(layers) - self.critic_layers:]]
+        handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in top]
         try:
             yield caught
         finally:
@@ -363,8 +365,7 @@ class ActorCritic(nn.Module):
                           response_length: int) -> torch.Tensor:
         """Values [B, R] from the critic's own layers (the "value" adapter active), started
         from `trunk`, the reference's input to the first of them."""
-        layers, norm = decoder_stack(self.policy)
-        top = layers[len(layers) - self.critic_layers:]
+        top, norm = self._critic_stack()
         if len(caught) != len(top):
             raise RuntimeError(f"critic_layers={self.critic_layers}: caught the inputs of {len(caught)} of the top "
                                f"{len(top)} decoder layers in a forward; this architecture needs "
@@ -378,4 +379,9 @@ class ActorCritic(nn.Module):
             hidden = norm(hidden)
         finally:
             self.activate(POLICY)
-        return self.value_head(hidden[:, prompt_length - 1: prompt_length + response_length - 1]).float()
+        return self.value_head(at_response(hidden, prompt_length, response_length)).float()
+
+    def _critic_stack(self) -> tuple[nn.ModuleList, nn.Module]:
+        """The critic's own decoder layers (the top `critic_layers`) and the final norm."""
+        layers, norm = decoder_stack(self.policy)
+        return layers[len(layers) - self.critic_layers:], norm

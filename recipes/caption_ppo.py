@@ -52,8 +52,8 @@ class ScriptArguments:
 
 
 # The embedded demo (no --config): a 1.3M-parameter base, so a high LoRA learning rate;
-# lam = 1 (Monte-Carlo returns) because a caption's content is decided in its first
-# tokens, which GAE with lam < 1 discounts most while the critic is still learning;
+# PPOConfig's lam = 1 (Monte-Carlo returns: a caption's content is decided in its first
+# tokens, which GAE with lam < 1 discounts most while the critic is still learning);
 # rewards standardised so the zero-initialised value head starts at the right scale;
 # 4 mini-batches x 2 epochs = 8 optimizer steps per rollout; LoRA also on the projector,
 # where this base reads the image (the colour and shape words CIDEr-D rewards depend on
@@ -62,7 +62,7 @@ class ScriptArguments:
 DEMO_DEFAULTS = dict(
     output_dir="outputs/caption_ppo_demo", max_steps=40, per_device_train_batch_size=16,
     gradient_accumulation_steps=4, num_mini_batches=4, num_ppo_epochs=2, learning_rate=1e-3,
-    max_new_tokens=32, temperature=1.0, kl_coef=0.05, lam=1.0, vf_coef=0.5, normalize_rewards=True,
+    max_new_tokens=32, temperature=1.0, kl_coef=0.05, vf_coef=0.5, normalize_rewards=True,
     lora_targets="language+projector", eval_steps=10, save_steps=20, logging_steps=5,
     per_device_eval_batch_size=50, seed=0,
 )

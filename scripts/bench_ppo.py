@@ -1,6 +1,6 @@
 """mmft PPO against TRL's GRPOTrainer on the same VLM, data, batch and budget (issue 3).
 
-    python scripts/bench_ppo.py --json bench_ppo.json            # ~15 min on 2 CPU cores
+    python scripts/bench_ppo.py --json bench_ppo.json            # ~20 min on 2 CPU cores
     python scripts/bench_ppo.py --json /tmp/b.json --quick       # tiny random VLM, ~30 s (smoke test)
 
 Three tables:
@@ -33,7 +33,8 @@ Three tables:
    same sample budget for mmft PPO, mmft SCST (greedy baseline) and TRL GRPO, each
    rewarded by reward_models.CiderD with the training corpus' document frequencies.
    Every system is evaluated by the same greedy-decoding code (mmft.rollout.generate).
-   Target: PPO >= GRPO.
+   Target: PPO >= GRPO. One seed is one draw: the seed spread (about +-0.05 here) is as
+   large as the gap between the systems, so compare means over `--seed N` runs.
 
 3. PPO iteration vs LoRA SFT step peak memory (target <= 1.3x) and the naive
    separate-copies figure: measured by scripts/bench_memory.py (run with
@@ -68,13 +69,15 @@ FULL = dict(
     micro_batch=32, grad_accum=1, num_generations=4, max_new_tokens=32, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=16, lora_alpha=32, lora_targets="language+projector", seed=0, train_scenes=2000,
     critic="shared", critic_layers="half", speed_iterations=2, repeats=2,  # + 1 warm-up iteration per run
-    quality_iterations=6, quality_epochs=1, eval_scenes=200, eval_batch=50,
+    # 40 x 32 = 1,280 samples: the budget of BENCHMARKS.md's seed tables (the earlier default,
+    # 6 iterations = 192 samples, was a tenth of what the demo trains on).
+    quality_iterations=40, quality_epochs=1, quality_seeds=5, eval_scenes=200, eval_batch=50,
 )
 QUICK = dict(
     micro_batch=4, grad_accum=1, num_generations=2, max_new_tokens=6, temperature=1.0, learning_rate=1e-3,
     kl_coef=0.02, lora_r=8, lora_alpha=16, lora_targets="language", seed=0, train_scenes=32,
     critic="shared", critic_layers="half", speed_iterations=2, repeats=1,
-    quality_iterations=1, quality_epochs=1, eval_scenes=8, eval_batch=8,
+    quality_iterations=1, quality_epochs=1, quality_seeds=1, eval_scenes=8, eval_batch=8,
 )
 
 
@@ -362,6 +365,43 @@ def child_quality(spec: dict) -> dict:
     return results
 
 
+def aggregate_quality(base: dict | None, by_seed: dict[int, dict]) -> tuple[dict, dict]:
+    """Per-system means over seeds, and the paired PPO - GRPO difference.
+
+    Args:
+        base: the base model's metrics (seed-independent: greedy decoding), or None.
+        by_seed: {seed: {system: metrics}} from `child_quality`.
+    Returns:
+        (quality, paired): quality[system] holds the seed means of CIDEr and Bleu_4, their
+        standard error over seeds (`CIDEr_se`, 0 for one seed), `per_seed` {seed: CIDEr},
+        and the first seed's samples, epochs, train_s and examples; paired (when PPO and GRPO
+        both ran) holds the mean PPO - GRPO difference, its standard error and the seeds
+        where PPO is ahead / level (to 1e-4) / behind.
+    """
+    import statistics
+
+    quality = {"base": base} if base is not None else {}
+    seeds = sorted(by_seed)
+    systems = [k for k in by_seed[seeds[0]] if k != "base"] if seeds else []
+    for k in systems:
+        cider = [by_seed[sd][k]["CIDEr"] for sd in seeds]
+        bleu = [by_seed[sd][k]["Bleu_4"] for sd in seeds]
+        first = by_seed[seeds[0]][k]
+        quality[k] = {**{f: first[f] for f in ("samples", "epochs", "examples") if f in first},
+                      "CIDEr": statistics.fmean(cider), "Bleu_4": statistics.fmean(bleu),
+                      "CIDEr_se": statistics.stdev(cider) / len(cider) ** 0.5 if len(cider) > 1 else 0.0,
+                      "train_s": statistics.fmean(by_seed[sd][k]["train_s"] for sd in seeds),
+                      "per_seed": {sd: c for sd, c in zip(seeds, cider)}}
+    paired = {}
+    if "mmft_ppo" in systems and "trl_grpo" in systems:
+        diff = [by_seed[sd]["mmft_ppo"]["CIDEr"] - by_seed[sd]["trl_grpo"]["CIDEr"] for sd in seeds]
+        paired = {"ppo_minus_grpo": statistics.fmean(diff),
+                  "se": statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else 0.0,
+                  "ppo_ahead": sum(d > 1e-4 for d in diff), "level": sum(abs(d) <= 1e-4 for d in diff),
+                  "ppo_behind": sum(d < -1e-4 for d in diff), "seeds": seeds}
+    return quality, paired
+
+
 # ---------------------------------------------------------------------------------- parent
 def prepare_model(quick: bool, workdir: str) -> tuple[str, str]:
     if quick:
@@ -426,6 +466,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--grad-accum", type=int,
                    help="gradient_accumulation_steps of every system (1: mmft fuses its old-log-prob pass into "
                         "the first update, PPOConfig.fuse_old_pass).")
+    p.add_argument("--quality-seeds", type=int,
+                   help="Seeds of the CIDEr-D comparison (--seed, --seed + 1, ...): the table gives each system's "
+                        "mean and the paired PPO - GRPO difference (default 5; --quick 1).")
     p.add_argument("--quality-jobs", type=int, default=4,
                    help="Child processes of the CIDEr-D comparison run at once (one per system + the base).")
     p.add_argument("--speed-method", choices=("both", "separate", "interleaved"), default="both",
@@ -451,7 +494,8 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     s = dict(QUICK if a.quick else FULL)
-    for key in ("repeats", "speed_iterations", "quality_iterations", "quality_epochs", "eval_scenes", "critic",
+    for key in ("repeats", "speed_iterations", "quality_iterations", "quality_epochs", "quality_seeds", "eval_scenes",
+                "critic",
                 "critic_layers", "micro_batch", "grad_accum", "seed", "vf_coef"):
         if getattr(a, key) is not None:
             s[key] = getattr(a, key)
@@ -505,29 +549,32 @@ def main(argv: list[str] | None = None) -> dict:
                               "memory_ratio<=1.2": results["memory_ratio"] <= 1.2}
 
     if not a.skip_quality:
+        seeds = [s["seed"] + i for i in range(s["quality_seeds"])]
         log(f"quality: base, {', '.join(a.quality_systems)}; {s['quality_iterations']} iterations x {batch} "
-            f"completions each; held-out CIDEr-D on {s['eval_scenes']} test scenes")
+            f"completions each; seeds {', '.join(map(str, seeds))}; held-out CIDEr-D on {s['eval_scenes']} "
+            "test scenes")
         systems = list(a.quality_systems)
+        # One child per (seed, system), and one for the base model (greedy, so seed-independent).
+        specs = [{"task": "quality", "model": model, "settings": s, "systems": [], "base": True}]
+        specs += [{"task": "quality", "model": model, "settings": {**s, "seed": sd}, "systems": [k], "base": False}
+                  for sd in seeds for k in systems]
         if in_process is not None or a.quality_jobs <= 1:
-            q = run_child(SCRIPT, {"task": "quality", "model": model, "settings": s, "systems": systems},
-                          in_process=in_process)
+            parts = [run_child(SCRIPT, sp, in_process=in_process) for sp in specs]
         else:
-            # One child per system (and one for the base model), `quality_jobs` at a time: the
-            # CIDEr-D figures do not depend on timing, so they need not run alone.
+            # `quality_jobs` children at a time: the CIDEr-D figures do not depend on timing.
             from concurrent.futures import ThreadPoolExecutor
 
-            specs = [{"task": "quality", "model": model, "settings": s, "systems": [], "base": True}]
-            specs += [{"task": "quality", "model": model, "settings": s, "systems": [k], "base": False}
-                      for k in systems]
             with ThreadPoolExecutor(a.quality_jobs) as pool:
                 parts = list(pool.map(lambda sp: run_child(SCRIPT, sp), specs))
-            q = {}
-            for part in parts:
-                part.pop("child_wall_s", None)
-                q.update(part)
-        q.pop("child_wall_s", None)
+        by_seed: dict[int, dict] = {sd: {} for sd in seeds}
+        for sp, part in zip(specs, parts):
+            part.pop("child_wall_s", None)
+            if not sp["base"]:
+                by_seed[sp["settings"]["seed"]].update(part)
+        q, paired = aggregate_quality(parts[0]["base"], by_seed)
         results["quality"] = q
-        if "mmft_ppo" in q and "trl_grpo" in q:
+        if paired:
+            results["quality_paired"] = paired
             results.setdefault("targets", {})["cider_ppo>=grpo"] = q["mmft_ppo"]["CIDEr"] >= q["trl_grpo"]["CIDEr"]
         for k, v in q.items():
             log(f"  {k}: CIDEr-D {v['CIDEr']:.4f}  BLEU-4 {v['Bleu_4']:.4f}  e.g. {v['examples'][0]!r}")
@@ -624,13 +671,19 @@ def render(r: dict) -> str:
         q = r["quality"]
         names = {"base": "base model (before RL)", "mmft_ppo": f"mmft PPO (critic={critic_key(s)})", "mmft_scst": "mmft SCST (greedy baseline)",
                  "trl_grpo": "TRL GRPO"}
-        rows = [[names[k], v["CIDEr"], v["Bleu_4"], v["samples"], v.get("epochs", ""), v["train_s"]]
-                for k, v in q.items()]
+        seeds = s.get("quality_seeds", 1)
+        rows = [[names[k], v["CIDEr"], v.get("CIDEr_se", 0.0), v["Bleu_4"], v["samples"], v.get("epochs", ""),
+                 v["train_s"], " ".join(f"{c:.3f}" for c in v.get("per_seed", {}).values())] for k, v in q.items()]
         out.append(f"Held-out CIDEr-D ({s['eval_scenes']} test scenes, greedy, pycocoevalcap), same sample budget "
-                   f"({s['quality_iterations']} iterations x {batch} completions), reward CiderD (train-corpus df):")
-        out.append(table(["system", "CIDEr-D", "BLEU-4", "samples", "epochs", "train s"], rows, "{:.4g}"))
+                   f"({s['quality_iterations']} iterations x {batch} completions), reward CiderD (train-corpus df), "
+                   f"mean over {seeds} seed(s) from --seed {s['seed']}:")
+        out.append(table(["system", "CIDEr-D", "+- se", "BLEU-4", "samples", "epochs", "train s", "per seed"], rows,
+                         "{:.4g}"))
         if "cider_ppo>=grpo" in r.get("targets", {}):
-            out.append(f"PPO >= GRPO: {'met' if r['targets']['cider_ppo>=grpo'] else 'MISSED'}")
+            pr = r["quality_paired"]
+            out.append(f"PPO >= GRPO (means): {'met' if r['targets']['cider_ppo>=grpo'] else 'MISSED'}; paired "
+                       f"PPO - GRPO {pr['ppo_minus_grpo']:+.4f} +- {pr['se']:.4f}, PPO ahead on {pr['ppo_ahead']}, "
+                       f"level on {pr['level']}, behind on {pr['ppo_behind']} of {len(pr['seeds'])} seed(s)")
         out.append("")
     if "memory" in r:
         import bench_memory

@@ -36,7 +36,7 @@ def _offline(monkeypatch):
 
 def test_bench_ppo_quick(tmp_path):
     out = tmp_path / "ppo.json"
-    _load("bench_ppo").main(["--quick", "--skip-memory", "--json", str(out)])
+    _load("bench_ppo").main(["--quick", "--skip-memory", "--quality-seeds", "2", "--json", str(out)])
     r = json.loads(out.read_text())
     for key in ("speed_ratio", "memory_ratio", "speed", "quality", "targets", "machine", "settings", "command"):
         assert key in r, key
@@ -52,7 +52,33 @@ def test_bench_ppo_quick(tmp_path):
     for system in ("base", "mmft_ppo", "mmft_scst", "trl_grpo"):
         assert _finite(r["quality"][system]["CIDEr"]), system
         assert _finite(r["quality"][system]["Bleu_4"]), system
+    for system in ("mmft_ppo", "mmft_scst", "trl_grpo"):  # two seeds each, the table's figure is their mean
+        per_seed = r["quality"][system]["per_seed"]
+        assert sorted(per_seed) == ["0", "1"], system
+        assert r["quality"][system]["CIDEr"] == pytest.approx(sum(per_seed.values()) / 2), system
+    assert r["quality_paired"]["seeds"] == [0, 1]
     assert set(r["targets"]) == {"speed_ratio>=0.9", "memory_ratio<=1.2", "cider_ppo>=grpo"}
+
+
+def test_bench_ppo_quality_aggregate():
+    """Seed means, their standard error and the paired PPO - GRPO tally, on hand-made figures."""
+    def m(cider, bleu=0.2):
+        return {"CIDEr": cider, "Bleu_4": bleu, "samples": 32, "epochs": 1, "train_s": 2.0, "examples": ["x"]}
+
+    by_seed = {0: {"mmft_ppo": m(0.7), "trl_grpo": m(0.8)}, 1: {"mmft_ppo": m(0.9), "trl_grpo": m(0.8)},
+               2: {"mmft_ppo": m(0.75, 0.5), "trl_grpo": m(0.75)}}
+    quality, paired = _load("bench_ppo").aggregate_quality({"CIDEr": 0.5, "Bleu_4": 0.1}, by_seed)
+    assert quality["base"] == {"CIDEr": 0.5, "Bleu_4": 0.1}
+    assert quality["mmft_ppo"]["CIDEr"] == pytest.approx(0.7833333, abs=1e-6)
+    assert quality["mmft_ppo"]["Bleu_4"] == pytest.approx(0.3)
+    assert quality["mmft_ppo"]["CIDEr_se"] == pytest.approx(0.0600925, abs=1e-6)  # stdev 0.1041 / sqrt(3)
+    assert quality["mmft_ppo"]["per_seed"] == {0: 0.7, 1: 0.9, 2: 0.75}
+    assert paired["ppo_minus_grpo"] == pytest.approx(0.0, abs=1e-12)
+    assert paired["se"] == pytest.approx(0.1 / 3 ** 0.5)  # diffs -0.1, +0.1, 0
+    assert (paired["ppo_ahead"], paired["level"], paired["ppo_behind"]) == (1, 1, 1)
+    # One seed: no spread, and no paired figure without GRPO.
+    quality, paired = _load("bench_ppo").aggregate_quality(None, {3: {"mmft_ppo": m(0.7)}})
+    assert quality["mmft_ppo"]["CIDEr_se"] == 0.0 and "base" not in quality and paired == {}
 
 
 def test_bench_memory_quick(tmp_path):

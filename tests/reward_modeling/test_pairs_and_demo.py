@@ -36,15 +36,17 @@ def test_make_pairs_writes_a_valid_pairs_file(tiny_vlm_dir, tmp_path):
 
 @pytest.mark.slow
 def test_preference_demo_reduced(tmp_path):
-    """The whole loop on a few dozen pairs (builds the demo base model on first use)."""
+    """The whole loop on a few dozen pairs, several per scene (builds the demo base model on first use)."""
     out = tmp_path / "demo.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "scripts/preference_demo.py", "--json", str(out), "--num_pair_images", "48",
+    subprocess.run([sys.executable, "scripts/preference_demo.py", "--json", str(out), "--num_pair_images", "16",
+                    "--samples_per_image", "3", "--pairs_per_image", "3",
                     "--rm_epochs", "1", "--ppo_steps", "2", "--ppo_batch_size", "8", "--num_eval_scenes", "16",
                     "--min_rm_accuracy", "0", "--rm_backbone_steps", "0"], cwd=ROOT, env=env, check=True,
                    timeout=1800)
     res = json.loads(out.read_text())
-    assert sum(res["labels"].values()) == res["pairs"] == 48  # every pair labelled over HTTP
+    assert 16 < res["pairs"] <= 48  # up to 3 distinct pairs of 3 samples per scene
+    assert sum(res["labels"].values()) == res["pairs"]  # every pair labelled over HTTP
     assert res["train_pairs"] + res["held_out_pairs"] == res["labels"]["A"] + res["labels"]["B"]
     assert 0.0 <= res["rm_accuracy"] <= 1.0 and 0.0 <= res["rm_accuracy_shuffled_images"] <= 1.0
     assert sum(b["pairs"] for b in res["rm_accuracy_by_oracle_margin"].values()) == res["held_out_pairs"]

@@ -18,11 +18,18 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-class WordCount:
-    __name__ = "word_count"
+class TextScore:
+    """A deterministic score of the completion's text (character codes summed, mod 97).
+
+    Rewards must differ between the tiny model's samples: its 5-token completions often
+    share their word and character counts, and with GAE lam = 1 and the zero-initialised
+    value head a batch of equal rewards gives the policy no gradient at all, as it should.
+    The tests compare runs with each other, so the score need not mean anything."""
+
+    __name__ = "text_score"
 
     def __call__(self, completions, **kwargs):
-        return [float(len(c[0]["content"].split())) for c in completions]
+        return [float(sum(map(ord, c[0]["content"])) % 97) for c in completions]
 
 
 def main() -> None:
@@ -48,7 +55,7 @@ def main() -> None:
         # This rank's rows carry no image: the others' do (the ZeRO-3 hang case).
         data = data.map(lambda r: {"prompt": [{"role": "user", "content": [{"type": "text", "text": "Describe."}]}]})
         data = data.remove_columns("image")
-    trainer = trainer_class(opts["model"], args=args, reward_funcs=[WordCount()], train_dataset=data)
+    trainer = trainer_class(opts["model"], args=args, reward_funcs=[TextScore()], train_dataset=data)
     rank, world = distributed()
     drawn = trainer.prompt_indices(trainer.iteration if not opts.get("resume") else
                                    int(opts["resume"].rsplit("-", 1)[1]), args.local_rollout_batch_size)

@@ -133,8 +133,16 @@ def create_app(db_path: str | Path) -> FastAPI:
             except storage.LabelStoreError as err:
                 raise HTTPException(422, str(err)) from None
 
+    # Per labeler, a position before which every served pair is visited (storage.next_pair's
+    # `start`): each next-pair query then skips the pairs already labelled instead of scanning
+    # them all (8 ms per query at 11,000 labelled pairs without it). Kept in memory: a
+    # restarted server starts from 0, which is always correct.
+    frontier: dict[str, int] = {}
+
     def next_payload(conn: sqlite3.Connection, labeler: str) -> dict[str, Any]:
-        pair = storage.next_pair(conn, labeler)
+        pair = storage.next_pair(conn, labeler, frontier.get(labeler, 0))
+        if pair is not None and pair.unvisited:
+            frontier[labeler] = pair.position
         payload: dict[str, Any] = {
             "done": pair is None,
             "labeler": labeler,

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS pairs (
     caption_b TEXT NOT NULL,
     metadata TEXT NOT NULL
 );
+-- Covers the pairs-side probe of the progress count (labels joined with served pairs),
+-- which would otherwise read a table row per label.
+CREATE INDEX IF NOT EXISTS pairs_served ON pairs (pair_id, position);
 CREATE TABLE IF NOT EXISTS labels (
     id INTEGER PRIMARY KEY,
     labeler TEXT NOT NULL REFERENCES labelers(name),
@@ -80,12 +83,18 @@ class UnknownPairError(LabelStoreError):
 
 @dataclass(frozen=True)
 class NextPair:
-    """The pair a labeler should see next."""
+    """The pair a labeler should see next.
+
+    `position` is its index in the served pairs file; `unvisited` is True when the labeler
+    has neither labelled, skipped nor undone it (see `next_pair`'s `start`).
+    """
 
     pair_id: str
     prompt: str
     caption_a: str
     caption_b: str
+    position: int
+    unvisited: bool
 
 
 @dataclass(frozen=True)
@@ -240,27 +249,43 @@ def image_path(conn: sqlite3.Connection, pair_id: str) -> Path:
     return Path(row["image"])
 
 
-def next_pair(conn: sqlite3.Connection, labeler: str) -> NextPair | None:
+def next_pair(conn: sqlite3.Connection, labeler: str, start: int = 0) -> NextPair | None:
     """The next served pair `labeler` has not labelled, or None when all are labelled.
 
     Order: the most recently undone pair first, then unvisited pairs in file order, then
     skipped pairs, longest-skipped first (so skipping defers a pair, never drops it).
+
+    `start`: a position before which every served pair is already visited (labelled,
+    skipped or undone) by this labeler, so the search for unvisited pairs begins there
+    instead of scanning them all again. A pair once visited stays visited (an undo
+    requeues it, a label clears its queue entry), so the position of the last unvisited
+    pair returned is a valid `start` for the next call while the served pairs file stays
+    the same (the server keeps one per labeler). 0 is always correct.
     """
+    columns = "p.pair_id, p.prompt, p.caption_a, p.caption_b, p.position"
+    unlabelled = "NOT EXISTS (SELECT 1 FROM labels AS l WHERE l.pair_id = p.pair_id AND l.labeler = :labeler)"
+    queued = f"""
+        SELECT {columns} FROM queue AS q JOIN pairs AS p ON p.pair_id = q.pair_id
+        WHERE q.labeler = :labeler AND q.state = :state AND p.position IS NOT NULL AND {unlabelled}
+        ORDER BY q.seq {{order}}, p.position LIMIT 1"""
+    params = {"labeler": labeler, "start": start}
+    row = conn.execute(queued.format(order="DESC"), {**params, "state": "requeued"}).fetchone()
+    if row is not None:
+        return NextPair(**dict(row), unvisited=False)
+    # Unvisited: in file order from `start` (the position index), neither labelled nor queued.
     row = conn.execute(
-        """
-        SELECT p.pair_id, p.prompt, p.caption_a, p.caption_b
-        FROM pairs AS p
-        LEFT JOIN queue AS q ON q.pair_id = p.pair_id AND q.labeler = :labeler
-        WHERE p.position IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM labels AS l WHERE l.pair_id = p.pair_id AND l.labeler = :labeler)
-        ORDER BY CASE q.state WHEN 'requeued' THEN 0 WHEN 'skipped' THEN 2 ELSE 1 END,
-                 CASE q.state WHEN 'requeued' THEN -q.seq ELSE q.seq END,
-                 p.position
-        LIMIT 1
+        f"""
+        SELECT {columns} FROM pairs AS p
+        WHERE p.position >= :start AND {unlabelled}
+          AND NOT EXISTS (SELECT 1 FROM queue AS q WHERE q.pair_id = p.pair_id AND q.labeler = :labeler)
+        ORDER BY p.position LIMIT 1
         """,
-        {"labeler": labeler},
+        params,
     ).fetchone()
-    return NextPair(**dict(row)) if row else None
+    if row is not None:
+        return NextPair(**dict(row), unvisited=True)
+    row = conn.execute(queued.format(order="ASC"), {**params, "state": "skipped"}).fetchone()
+    return NextPair(**dict(row), unvisited=False) if row else None
 
 
 def progress(conn: sqlite3.Connection, labeler: str) -> Progress:

@@ -380,6 +380,9 @@ def aggregate_quality(base: dict | None, by_seed: dict[int, dict]) -> tuple[dict
     """
     import statistics
 
+    def se(xs: list[float]) -> float:  # standard error of the mean over seeds (0 for one seed)
+        return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
+
     quality = {"base": base} if base is not None else {}
     seeds = sorted(by_seed)
     systems = [k for k in by_seed[seeds[0]] if k != "base"] if seeds else []
@@ -389,14 +392,14 @@ def aggregate_quality(base: dict | None, by_seed: dict[int, dict]) -> tuple[dict
         first = by_seed[seeds[0]][k]
         quality[k] = {**{f: first[f] for f in ("samples", "epochs", "examples") if f in first},
                       "CIDEr": statistics.fmean(cider), "Bleu_4": statistics.fmean(bleu),
-                      "CIDEr_se": statistics.stdev(cider) / len(cider) ** 0.5 if len(cider) > 1 else 0.0,
+                      "CIDEr_se": se(cider),
                       "train_s": statistics.fmean(by_seed[sd][k]["train_s"] for sd in seeds),
                       "per_seed": {sd: c for sd, c in zip(seeds, cider)}}
     paired = {}
     if "mmft_ppo" in systems and "trl_grpo" in systems:
         diff = [by_seed[sd]["mmft_ppo"]["CIDEr"] - by_seed[sd]["trl_grpo"]["CIDEr"] for sd in seeds]
         paired = {"ppo_minus_grpo": statistics.fmean(diff),
-                  "se": statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else 0.0,
+                  "se": se(diff),
                   "ppo_ahead": sum(d > 1e-4 for d in diff), "level": sum(abs(d) <= 1e-4 for d in diff),
                   "ppo_behind": sum(d < -1e-4 for d in diff), "seeds": seeds}
     return quality, paired
@@ -495,8 +498,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     s = dict(QUICK if a.quick else FULL)
     for key in ("repeats", "speed_iterations", "quality_iterations", "quality_epochs", "quality_seeds", "eval_scenes",
-                "critic",
-                "critic_layers", "micro_batch", "grad_accum", "seed", "vf_coef"):
+                "critic", "critic_layers", "micro_batch", "grad_accum", "seed", "vf_coef"):
         if getattr(a, key) is not None:
             s[key] = getattr(a, key)
     batch = s["micro_batch"] * s["grad_accum"]
@@ -553,12 +555,14 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"quality: base, {', '.join(a.quality_systems)}; {s['quality_iterations']} iterations x {batch} "
             f"completions each; seeds {', '.join(map(str, seeds))}; held-out CIDEr-D on {s['eval_scenes']} "
             "test scenes")
-        systems = list(a.quality_systems)
-        # One child per (seed, system), and one for the base model (greedy, so seed-independent).
+        parallel = in_process is None and a.quality_jobs > 1
+        # One child for the base model (greedy, so seed-independent), then per seed one child
+        # per system when they run side by side, or one child for all of them otherwise.
+        groups = [[k] for k in a.quality_systems] if parallel else [list(a.quality_systems)]
         specs = [{"task": "quality", "model": model, "settings": s, "systems": [], "base": True}]
-        specs += [{"task": "quality", "model": model, "settings": {**s, "seed": sd}, "systems": [k], "base": False}
-                  for sd in seeds for k in systems]
-        if in_process is not None or a.quality_jobs <= 1:
+        specs += [{"task": "quality", "model": model, "settings": {**s, "seed": sd}, "systems": group, "base": False}
+                  for sd in seeds for group in groups]
+        if not parallel:
             parts = [run_child(SCRIPT, sp, in_process=in_process) for sp in specs]
         else:
             # `quality_jobs` children at a time: the CIDEr-D figures do not depend on timing.

@@ -264,14 +264,22 @@ def next_pair(conn: sqlite3.Connection, labeler: str, start: int = 0) -> NextPai
     """
     columns = "p.pair_id, p.prompt, p.caption_a, p.caption_b, p.position"
     unlabelled = "NOT EXISTS (SELECT 1 FROM labels AS l WHERE l.pair_id = p.pair_id AND l.labeler = :labeler)"
-    queued = f"""
-        SELECT {columns} FROM queue AS q JOIN pairs AS p ON p.pair_id = q.pair_id
-        WHERE q.labeler = :labeler AND q.state = :state AND p.position IS NOT NULL AND {unlabelled}
-        ORDER BY q.seq {{order}}, p.position LIMIT 1"""
-    params = {"labeler": labeler, "start": start}
-    row = conn.execute(queued.format(order="DESC"), {**params, "state": "requeued"}).fetchone()
-    if row is not None:
-        return NextPair(**dict(row), unvisited=False)
+
+    def queued(state: str, order: str) -> NextPair | None:
+        """The first served, unlabelled pair in `labeler`'s queue with `state`, by seq `order`."""
+        row = conn.execute(
+            f"""
+            SELECT {columns} FROM queue AS q JOIN pairs AS p ON p.pair_id = q.pair_id
+            WHERE q.labeler = :labeler AND q.state = :state AND p.position IS NOT NULL AND {unlabelled}
+            ORDER BY q.seq {order}, p.position LIMIT 1
+            """,
+            {"labeler": labeler, "state": state},
+        ).fetchone()
+        return NextPair(**dict(row), unvisited=False) if row else None
+
+    undone = queued("requeued", "DESC")
+    if undone is not None:
+        return undone
     # Unvisited: in file order from `start` (the position index), neither labelled nor queued.
     row = conn.execute(
         f"""
@@ -280,12 +288,11 @@ def next_pair(conn: sqlite3.Connection, labeler: str, start: int = 0) -> NextPai
           AND NOT EXISTS (SELECT 1 FROM queue AS q WHERE q.pair_id = p.pair_id AND q.labeler = :labeler)
         ORDER BY p.position LIMIT 1
         """,
-        params,
+        {"labeler": labeler, "start": start},
     ).fetchone()
     if row is not None:
         return NextPair(**dict(row), unvisited=True)
-    row = conn.execute(queued.format(order="ASC"), {**params, "state": "skipped"}).fetchone()
-    return NextPair(**dict(row), unvisited=False) if row else None
+    return queued("skipped", "ASC")
 
 
 def progress(conn: sqlite3.Connection, labeler: str) -> Progress:

@@ -110,7 +110,7 @@ def mmft_config(kind: str, s: dict, out: str, iterations: int, epochs: int):
         num_mini_batches=1, num_ppo_epochs=epochs, max_steps=iterations, max_new_tokens=s["max_new_tokens"],
         temperature=s["temperature"], learning_rate=s["learning_rate"], eval_steps=0, save_steps=0,
         logging_steps=1, seed=s["seed"], num_sample_captions=0, gradient_checkpointing=False, bf16=False,
-        use_cpu=True,
+        use_cpu=s.get("device", "cpu") == "cpu",
     )
     if kind == "mmft_ppo":
         return PPOConfig(kl_coef=s["kl_coef"], critic=s.get("critic", "shared"), vf_coef=s.get("vf_coef", 0.1),
@@ -127,7 +127,8 @@ def grpo_config(s: dict, out: str, iterations: int, epochs: int):
         # max_steps counts optimizer steps: one generation feeds `num_iterations` of them.
         max_steps=iterations * epochs, max_completion_length=s["max_new_tokens"], temperature=s["temperature"],
         learning_rate=s["learning_rate"], beta=s["kl_coef"], adam_epsilon=1e-5, logging_steps=1,
-        save_strategy="no", report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
+        save_strategy="no", report_to="none", use_cpu=s.get("device", "cpu") == "cpu", bf16=False,
+        gradient_checkpointing=False,
         disable_dropout=True, seed=s["seed"], dataloader_num_workers=0,
     )
 
@@ -148,16 +149,25 @@ def build_trainer(kind: str, model_path: str, s: dict, train, reward, out: str, 
                        train_dataset=train, processing_class=processor, peft_config=_lora(s))
 
 
+def _clock() -> float:
+    """Wall-clock seconds, after the GPU's queued work (if any) has finished."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def train_timed(kind: str, trainer) -> list[float]:
     """Run training; return the wall-clock time at the end of every iteration
     (mmft: after each iteration's log; GRPO: at each optimizer step's end)."""
-    ends = [time.perf_counter()]
+    ends = [_clock()]
     if kind.startswith("mmft"):
         original = trainer.log
 
         def log(metrics):
             original(metrics)
-            ends.append(time.perf_counter())
+            ends.append(_clock())
 
         trainer.log = log
         trainer.train()
@@ -166,7 +176,7 @@ def train_timed(kind: str, trainer) -> list[float]:
 
         class StepClock(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                ends.append(time.perf_counter())
+                ends.append(_clock())
 
         trainer.add_callback(StepClock())
         trainer.train()
@@ -267,10 +277,10 @@ def child_interleaved(spec: dict) -> dict:
         def on_step_begin(self, args, state, control, **kwargs):
             go_grpo.wait()
             go_grpo.clear()
-            self.t0 = time.perf_counter()
+            self.t0 = _clock()
 
         def on_step_end(self, args, state, control, **kwargs):
-            times["trl_grpo"].append(time.perf_counter() - self.t0)
+            times["trl_grpo"].append(_clock() - self.t0)
             go_main.set()
 
     with tempfile.TemporaryDirectory() as out_dir:
@@ -297,11 +307,11 @@ def child_interleaved(spec: dict) -> dict:
             mmft.model.train()
         for _ in range(n):
             for key, mmft in mmfts.items():
-                t0 = time.perf_counter()
+                t0 = _clock()
                 metrics = mmft.step()
                 mmft.iteration += 1
                 lengths[key].append(metrics["response/length"])
-                times[key].append(time.perf_counter() - t0)
+                times[key].append(_clock() - t0)
             go_grpo.set()
             go_main.wait()
             go_main.clear()
@@ -465,6 +475,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "decoder layers its adapter covers.")
     p.add_argument("--micro-batch", type=int, help="per_device_train_batch_size of every system.")
     p.add_argument("--vf-coef", type=float, help="mmft PPO's vf_coef (default 0.1).")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="Where every system trains (default cpu; cuda: the first GPU, float32 like the CPU runs).")
     p.add_argument("--seed", type=int, help="Seed of every system (sampling, data order, LoRA init).")
     p.add_argument("--grad-accum", type=int,
                    help="gradient_accumulation_steps of every system (1: mmft fuses its old-log-prob pass into "
@@ -498,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     s = dict(QUICK if a.quick else FULL)
     for key in ("repeats", "speed_iterations", "quality_iterations", "quality_epochs", "quality_seeds", "eval_scenes",
-                "critic", "critic_layers", "micro_batch", "grad_accum", "seed", "vf_coef"):
+                "critic", "critic_layers", "micro_batch", "grad_accum", "seed", "vf_coef", "device"):
         if getattr(a, key) is not None:
             s[key] = getattr(a, key)
     batch = s["micro_batch"] * s["grad_accum"]

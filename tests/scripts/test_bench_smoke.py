@@ -81,6 +81,16 @@ def test_bench_ppo_quality_aggregate():
     assert quality["mmft_ppo"]["CIDEr_se"] == 0.0 and "base" not in quality and paired == {}
 
 
+def test_bench_ppo_device_reaches_every_system(tmp_path):
+    """`--device cuda` trains every system off the CPU; the default keeps all on it."""
+    bench = _load("bench_ppo")
+    for device, use_cpu in ((None, True), ("cpu", True), ("cuda", False)):
+        s = dict(bench.FULL, **({"device": device} if device else {}))
+        configs = [bench.mmft_config(kind, s, str(tmp_path / kind), 1, 1) for kind in ("mmft_ppo", "mmft_scst")]
+        configs.append(bench.grpo_config(s, str(tmp_path / "grpo"), 1, 1))
+        assert [c.use_cpu for c in configs] == [use_cpu] * 3, device
+
+
 def test_bench_memory_quick(tmp_path):
     out = tmp_path / "mem.json"
     _load("bench_memory").main(["--quick", "--json", str(out)])

@@ -44,11 +44,19 @@ class DemoBaseSpec:
     # initial weights keeps the image signal dominant (same probe: 48% after 150 steps).
     projector_init_scale: float = 10.0
     version: int = 3  # bump when the recipe changes, so caches rebuild
+    # Scenes of the synthetic train split (ids 0..num_scenes-1) the SFT batches are drawn from;
+    # the split proper has 2,000, and the generator makes as many more as asked for. The demo
+    # base keeps 2,000; a reward-model backbone learns to read images better from more scenes
+    # than from more passes over the same ones (see scripts/preference_demo.py).
+    num_scenes: int = 2000
 
     def cache_key(self) -> str:
         import hashlib
 
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        fields = asdict(self)
+        if fields["num_scenes"] == 2000:  # keys of caches built before the field existed stay valid
+            del fields["num_scenes"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cache_root() -> Path:
@@ -146,7 +154,7 @@ def build_demo_base(spec: DemoBaseSpec | None = None, output_dir: str | os.PathL
 
         freeze_vision_tower(model)
     amplify_projector(model, spec.projector_init_scale)
-    train = load_synthetic_captions("train", image_size=spec.image_size)
+    train = load_synthetic_captions("train", num_samples=spec.num_scenes, image_size=spec.image_size)
     torch_threads = torch.get_num_threads()
     losses = sft_caption_loop(model, processor, train, steps=spec.steps, batch_size=spec.batch_size,
                               learning_rate=spec.learning_rate, seed=spec.seed, desc="Demo base SFT")

@@ -2,9 +2,10 @@
 
     python scripts/preference_demo.py --json outputs/preference_demo.json
 
-1. Pairs: sample four captions per training scene from the demo base model and pair up
-   six distinct pairs of them (scripts/make_pairs.py; `--samples_per_image`,
-   `--pairs_per_image`), images saved as PNG beside PAIRS.jsonl.
+1. Pairs: sample four captions per training scene (10,000 scenes; the task's generator
+   makes as many as asked for) from the demo base model and pair up six distinct pairs of
+   them (scripts/make_pairs.py; `--samples_per_image`, `--pairs_per_image`), images saved
+   as PNG beside PAIRS.jsonl.
 2. Labels: a real `mmft label serve` server runs in a subprocess on 127.0.0.1; the oracle
    labeler gets a token (`mmft label add-labeler`) and labels every pair through the JSON
    API (GET /api/next, POST /api/label), preferring the caption that names more of the
@@ -13,12 +14,13 @@
 3. Export: `mmft label export` writes the preference dataset (ties are not rows).
 4. Reward model: Bradley-Terry on the export, LoRA + a scalar head with the likelihood
    term (RewardModelConfig.likelihood_term) on its backbone: the demo base's SFT recipe run
-   for `--rm_backbone_steps` (1,200; built once, cached like the demo base), a better
-   captioner than the policy's base, as reward models start from a strong SFT model. On
-   the demo base itself (`--rm_backbone_steps 0`) a reward model cannot judge attributes
-   the base does not see (see docs/preference.md). Held-out accuracy (split by pair and
-   image) is compared with `--min_rm_accuracy` (0.9); also recorded: the accuracy with
-   the held-out images shuffled (near 0.5: the model judges by the image) and by how far
+   for `--rm_backbone_steps` (3,000) over `--rm_backbone_scenes` (20,000) scenes (built
+   once, cached like the demo base), a better captioner than the policy's base, as reward
+   models start from a strong SFT model. On the demo base itself (`--rm_backbone_steps 0`)
+   a reward model cannot judge attributes the base does not see (see docs/preference.md).
+   Held-out accuracy (split by pair and image) is compared with `--min_rm_accuracy` (0.9);
+   also recorded: the accuracy with the held-out images shuffled (near 0.5: the model
+   judges by the image) and by how far
    apart the oracle scored the two captions.
 5. PPO: the demo base with LoRA policy and critic adapters, the learned reward
    (reward_models.LearnedReward on the saved folder) as the only reward; mounted on the
@@ -52,19 +54,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class DemoSettings:
-    num_pair_images: int = 2000  # training scenes to caption (the split has 2,000)
-    # Captions sampled per scene and distinct pairs of them labelled per scene: the labels are
-    # the reward model's lever (1 pair per scene: rm_accuracy 0.745; 6: 0.79, see docs/preference.md).
+    # Training scenes to caption (ids 0..N-1: the split's 2,000 and generated ones beyond), and
+    # captions sampled and distinct pairs of them labelled per scene. Labels are the reward
+    # model's lever (see docs/preference.md): more scenes more than more pairs per scene.
+    num_pair_images: int = 10000
     samples_per_image: int = 4
     pairs_per_image: int = 6
     pair_temperature: float = 1.0
     eval_fraction: float = 0.15  # pairs held out for the reward model's accuracy
     # The reward model's backbone: the demo base's recipe (mmft.demo.DemoBaseSpec) run for this
-    # many SFT steps, a better captioner than the policy's base (0: the policy's own base, which
-    # PPO then shares with the reward model, mount_reward_models=True).
-    rm_backbone_steps: int = 1200
+    # many SFT steps over this many scenes, a better captioner than the policy's base (steps 0:
+    # the policy's own base, which PPO then shares with the reward model, mount_reward_models=True).
+    rm_backbone_steps: int = 3000
+    rm_backbone_scenes: int = 20000
     rm_likelihood: bool = True  # RewardModelConfig.likelihood_term
-    rm_epochs: float = 2.0
+    rm_epochs: float = 1.0
     rm_learning_rate: float = 1e-3
     rm_batch_size: int = 16
     rm_lora_r: int = 32
@@ -258,7 +262,8 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
 
     # 4. Reward model on the export, on its backbone (built once, then cached like the demo base).
     t = time.time()
-    rm_base = base if s.rm_backbone_steps <= 0 else str(build_demo_base(DemoBaseSpec(steps=s.rm_backbone_steps)))
+    rm_spec = DemoBaseSpec(steps=s.rm_backbone_steps, num_scenes=s.rm_backbone_scenes)
+    rm_base = base if s.rm_backbone_steps <= 0 else str(build_demo_base(rm_spec))
     timings["rm_backbone_s"] = time.time() - t
     t = time.time()
     rm_dir = work / "reward_model"

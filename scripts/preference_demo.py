@@ -20,8 +20,7 @@
    a reward model cannot judge attributes the base does not see (see docs/preference.md).
    Held-out accuracy (split by pair and image) is compared with `--min_rm_accuracy` (0.9);
    also recorded: the accuracy with the held-out images shuffled (near 0.5: the model
-   judges by the image) and by how far
-   apart the oracle scored the two captions.
+   judges by the image) and by how far apart the oracle scored the two captions.
 5. PPO: the demo base with LoRA policy and critic adapters, the learned reward
    (reward_models.LearnedReward on the saved folder) as the only reward; mounted on the
    policy's base (mount_reward_models) when the reward model shares it.

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from mmft.data.synthetic import SPLIT_SIZES
+
 logger = logging.getLogger("mmft")
 
 
@@ -48,13 +50,13 @@ class DemoBaseSpec:
     # the split proper has 2,000, and the generator makes as many more as asked for. The demo
     # base keeps 2,000; a reward-model backbone learns to read images better from more scenes
     # than from more passes over the same ones (see scripts/preference_demo.py).
-    num_scenes: int = 2000
+    num_scenes: int = SPLIT_SIZES["train"]
 
     def cache_key(self) -> str:
         import hashlib
 
         fields = asdict(self)
-        if fields["num_scenes"] == 2000:  # keys of caches built before the field existed stay valid
+        if fields["num_scenes"] == SPLIT_SIZES["train"]:  # keys of caches built before the field existed stay valid
             del fields["num_scenes"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -9,6 +9,12 @@ Tables:
         submission overwrites the choice (UNIQUE + upsert), so retries are idempotent.
     queue(labeler, pair_id, state, seq): per-labeler ordering overrides: 'skipped' pairs go
         to the back, an undone ('requeued') pair comes next.
+    progress(labeler, done): how many served pairs each labeler has labelled, kept by
+        triggers on `labels` and recounted by `sync_pairs` (the only writer of
+        `pairs.position`, so the served set changes nowhere else), so the count every page load and
+        label answer carries costs one lookup instead of a join over all of a labeler's
+        labels (40 ms at 60,000 labels).
+    served(total): one row, the number of served pairs, written by `sync_pairs`.
 
 Durability: WAL journal with `synchronous=FULL`, so a COMMIT has reached the disk (fsync of
 the WAL) before it returns, and the server answers 200 only after COMMIT. A label that was
@@ -67,6 +73,28 @@ CREATE TABLE IF NOT EXISTS queue (
     seq INTEGER NOT NULL,
     PRIMARY KEY (labeler, pair_id)
 );
+CREATE TABLE IF NOT EXISTS progress (
+    labeler TEXT PRIMARY KEY REFERENCES labelers(name),
+    done INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS served (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    total INTEGER NOT NULL
+);
+-- The served set only changes in sync_pairs, which recounts; between syncs a label counts
+-- when it is added to or removed from a served pair. Upserts of a choice update neither
+-- labeler nor pair_id, so they leave the count alone.
+CREATE TRIGGER IF NOT EXISTS progress_label_added AFTER INSERT ON labels
+WHEN (SELECT position FROM pairs WHERE pair_id = NEW.pair_id) IS NOT NULL
+BEGIN
+    INSERT INTO progress (labeler, done) VALUES (NEW.labeler, 1)
+    ON CONFLICT (labeler) DO UPDATE SET done = done + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS progress_label_removed AFTER DELETE ON labels
+WHEN (SELECT position FROM pairs WHERE pair_id = OLD.pair_id) IS NOT NULL
+BEGIN
+    UPDATE progress SET done = done - 1 WHERE labeler = OLD.labeler;
+END;
 """
 
 _TABLES = ("labelers", "pairs", "labels", "queue")
@@ -233,6 +261,20 @@ def sync_pairs(conn: sqlite3.Connection, pairs: Sequence[Pair], source: str | Pa
                     json.dumps(pair.metadata, ensure_ascii=False),
                 ),
             )
+        _recount(conn)
+
+
+def _recount(conn: sqlite3.Connection) -> None:
+    """Rebuild `progress` and `served` from the tables (inside the caller's transaction)."""
+    conn.execute("DELETE FROM progress")
+    conn.execute(
+        "INSERT INTO progress (labeler, done) SELECT l.labeler, COUNT(*) FROM labels AS l "
+        "JOIN pairs AS p ON p.pair_id = l.pair_id WHERE p.position IS NOT NULL GROUP BY l.labeler"
+    )
+    conn.execute(
+        "INSERT INTO served (id, total) SELECT 0, COUNT(*) FROM pairs WHERE position IS NOT NULL "
+        "ON CONFLICT (id) DO UPDATE SET total = excluded.total"
+    )
 
 
 def image_path(conn: sqlite3.Connection, pair_id: str) -> Path:
@@ -296,16 +338,11 @@ def next_pair(conn: sqlite3.Connection, labeler: str, start: int = 0) -> NextPai
 
 
 def progress(conn: sqlite3.Connection, labeler: str) -> Progress:
-    """Labelled and total counts over the served pairs."""
+    """Labelled and total counts over the served pairs (two primary-key lookups)."""
     row = conn.execute(
-        """
-        SELECT (SELECT COUNT(*) FROM labels AS l JOIN pairs AS p ON p.pair_id = l.pair_id
-                WHERE l.labeler = ? AND p.position IS NOT NULL),
-               (SELECT COUNT(*) FROM pairs WHERE position IS NOT NULL)
-        """,
-        (labeler,),
+        "SELECT (SELECT done FROM progress WHERE labeler = ?), (SELECT total FROM served)", (labeler,)
     ).fetchone()
-    return Progress(done=row[0], total=row[1])
+    return Progress(done=row[0] or 0, total=row[1] or 0)
 
 
 def _require_served(conn: sqlite3.Connection, pair_id: str) -> None:

@@ -67,6 +67,7 @@ class DemoSettings:
     rm_backbone_steps: int = 3000
     rm_backbone_scenes: int = 20000
     rm_likelihood: bool = True  # RewardModelConfig.likelihood_term
+    rm_pooling: str = "last+mean+sum"  # RewardModelConfig.pooling: what the heads read
     rm_epochs: float = 1.0
     rm_learning_rate: float = 1e-3
     rm_batch_size: int = 16
@@ -268,7 +269,8 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
     rm_dir = work / "reward_model"
     rm_args = RewardModelConfig(output_dir=str(rm_dir), num_train_epochs=s.rm_epochs, learning_rate=s.rm_learning_rate,
                                 per_device_train_batch_size=s.rm_batch_size, logging_steps=20, seed=s.seed,
-                                max_completion_length=64, likelihood_term=s.rm_likelihood)
+                                max_completion_length=64, likelihood_term=s.rm_likelihood,
+                                pooling=s.rm_pooling)
     rm_trainer = RewardModelTrainer(rm_base, args=rm_args, train_dataset=train, eval_dataset=held_out,
                                     peft_config=default_lora_config("language", s.rm_lora_r, 2 * s.rm_lora_r))
     rm_trainer.train()

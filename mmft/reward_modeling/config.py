@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from mmft.reward_modeling.model import POOLINGS
+
 
 @dataclass
 class RewardModelConfig(TrainingArguments):
@@ -42,6 +44,10 @@ class RewardModelConfig(TrainingArguments):
                                          "captions well and pairs are few; costs the LM head over response "
                                          "tokens."})
     likelihood_init: float = field(default=1.0, metadata={"help": "Initial weight of the likelihood term."})
+    pooling: str = field(
+        default="last", metadata={"help": "What the heads read: 'last' (the hidden state of the response's EOS) "
+                                          "or 'last+mean+sum' (also the mean and the sum of the response tokens' "
+                                          "states, so each token can be scored where it stands; see RewardHead)."})
     center_rewards_coefficient: float | None = field(
         default=0.01, metadata={"help": "Weight of mean((r_c + r_r)^2), keeping rewards centred on 0 (None: off)."})
     max_completion_length: int | None = field(
@@ -57,6 +63,8 @@ class RewardModelConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}.")
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {self.num_heads}.")
         if self.uncertainty_penalty < 0:

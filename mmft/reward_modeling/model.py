@@ -32,6 +32,12 @@ from mmft.data.errors import DataError
 from mmft.models.arch import inner_model, output_embeddings, text_hidden_size
 from mmft.rollout import training_inputs
 
+# What the heads read, per `pooling`: the hidden state of the last valid token (EOS), the
+# mean over the response tokens, and their sum over SUM_SCALE (a typical caption length,
+# so the three start on one scale). Concatenated in this order.
+POOLINGS = {"last": ("last",), "last+mean+sum": ("last", "mean", "sum")}
+SUM_SCALE = 8.0
+
 REWARD_CONFIG = "reward_config.json"
 REWARD_HEAD = "reward_head.safetensors"
 FORMAT = "mmft-reward-model/1"
@@ -42,7 +48,16 @@ class RewardModelError(ValueError):
 
 
 class RewardHead(nn.Module):
-    """K scalar heads on the last hidden state: [B, H] -> [B, K], kept in float32.
+    """K scalar heads on pooled hidden states: [B, P*H] -> [B, K], kept in float32.
+
+    `pooling` (a key of POOLINGS) says which P poolings of the backbone's last hidden
+    states the heads read (`pool_hidden`). "last" reads the EOS token's state: the
+    backbone has to gather everything the reward depends on into that one token.
+    "last+mean+sum" adds the mean and the sum of the response tokens' states, so a head
+    is also a sum or a mean of per-token scores: each token, which sees the image and the
+    text before it, can be judged where it stands, as metrics that count correct and
+    wrong claims (recall, precision) do. Measured on the preference demo: see
+    docs/preference.md.
 
     Members start from different small random weights (std 0.02, as transformers
     initialises classification heads) so an ensemble's heads differ from step 0.
@@ -53,12 +68,16 @@ class RewardHead(nn.Module):
     """
 
     def __init__(self, hidden_size: int, num_heads: int = 1, seed: int = 0, likelihood: bool = False,
-                 likelihood_init: float = 1.0):
+                 likelihood_init: float = 1.0, pooling: str = "last"):
         super().__init__()
-        self.score = nn.Linear(hidden_size, num_heads)
+        if pooling not in POOLINGS:
+            raise ValueError(f"Unknown reward-head pooling {pooling!r}; use one of {list(POOLINGS)}.")
+        self.pooling = pooling
+        features = hidden_size * len(POOLINGS[pooling])
+        self.score = nn.Linear(features, num_heads)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            self.score.weight.copy_(torch.randn(num_heads, hidden_size, generator=g) * 0.02)
+            self.score.weight.copy_(torch.randn(num_heads, features, generator=g) * 0.02)
             self.score.bias.zero_()
         self.likelihood_scale = nn.Parameter(torch.full((num_heads,), float(likelihood_init))) if likelihood else None
 
@@ -71,7 +90,8 @@ class RewardHead(nn.Module):
         return self.likelihood_scale is not None
 
     def forward(self, hidden: torch.Tensor, log_likelihood: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden [B, H] (and, with a likelihood term, the mean log-likelihood [B]) -> [B, K]."""
+        """pooled hidden states [B, P*H] (and, with a likelihood term, the mean
+        log-likelihood [B]) -> [B, K]."""
         out = self.score(hidden.to(self.score.weight.dtype))
         if self.likelihood_scale is not None:
             out = out + self.likelihood_scale * log_likelihood.to(out.dtype).unsqueeze(-1)
@@ -104,31 +124,48 @@ def response_log_likelihood(backbone: nn.Module, hidden: torch.Tensor, input_ids
     return (torch.cat(logps) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
 
 
-def last_token_hidden(backbone: nn.Module, inputs: dict[str, torch.Tensor], last_index: torch.Tensor) -> torch.Tensor:
-    """Hidden state [B, H] of each row's last valid token (index `last_index` [B])."""
-    hidden = inner_model(backbone)(**inputs, use_cache=False).last_hidden_state
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index.to(hidden.device)]
+def pool_hidden(hidden: torch.Tensor, pooling: str, last_index: torch.Tensor,
+                response_start: torch.Tensor | None) -> torch.Tensor:
+    """The features [B, P*H] the heads read from the last hidden states [B, T, H] (see
+    POOLINGS): each row's response is positions response_start..last_index, EOS included."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last_index = last_index.to(hidden.device)
+    features = []
+    for kind in POOLINGS[pooling]:
+        if kind == "last":
+            features.append(hidden[rows, last_index])
+            continue
+        if response_start is None:
+            raise ValueError(f"the {pooling!r} reward head pools the response tokens: pass response_start "
+                             "(RewardEncoder gives it)")
+        positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        mask = (positions >= response_start.to(hidden.device).unsqueeze(1)) & (positions <= last_index.unsqueeze(1))
+        total = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(1)
+        features.append(total / mask.sum(1, keepdim=True).clamp(min=1).to(hidden.dtype) if kind == "mean"
+                        else total / SUM_SCALE)
+    return torch.cat(features, -1)
 
 
 def score_inputs(backbone: nn.Module, head: RewardHead, inputs: dict[str, torch.Tensor], last_index: torch.Tensor,
                  response_start: torch.Tensor | None = None) -> torch.Tensor:
-    """Rewards [B, K]: the heads on the hidden state of each row's last valid token
-    (`last_index` [B]), plus, with a likelihood head, its weight times the response's mean
-    log-likelihood (`response_start` [B]: where each row's response begins)."""
+    """Rewards [B, K]: the heads on the pooled hidden states (`pool_hidden`; `last_index`
+    [B]: each row's last valid token, `response_start` [B]: where its response begins),
+    plus, with a likelihood head, its weight times the response's mean log-likelihood."""
     hidden = inner_model(backbone)(**inputs, use_cache=False).last_hidden_state
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index.to(hidden.device)]
+    features = pool_hidden(hidden, head.pooling, last_index, response_start)
     if not head.likelihood:
-        return head(last)
+        return head(features)
     if response_start is None:
         raise ValueError("this reward model has a likelihood term: pass response_start (RewardEncoder gives it)")
-    return head(last, response_log_likelihood(backbone, hidden, inputs["input_ids"], last_index, response_start))
+    return head(features, response_log_likelihood(backbone, hidden, inputs["input_ids"], last_index, response_start))
 
 
 class RewardModel(nn.Module):
     """Backbone (a peft model) + `RewardHead`: one module, so accelerate/DDP wraps one engine.
 
     `forward(inputs, last_index, response_start)` -> rewards [B, K]: each head's linear
-    score of the last hidden state (the EOS after the response), plus, when
+    score of the pooled hidden states (the EOS after the response, by default; see
+    `RewardHead`), plus, when
     `likelihood=True`, a learned weight (initially `likelihood_init`) times the mean
     token log-likelihood of the response given image and prompt under the backbone (the
     VLM's own LM head, LoRA included). That term is the captioner's "how well does this
@@ -138,11 +175,11 @@ class RewardModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, num_heads: int = 1, head: RewardHead | None = None, seed: int = 0,
-                 likelihood: bool = False, likelihood_init: float = 1.0):
+                 likelihood: bool = False, likelihood_init: float = 1.0, pooling: str = "last"):
         super().__init__()
         self.backbone = backbone
         self.head = head if head is not None else RewardHead(text_hidden_size(backbone.config), num_heads, seed,
-                                                             likelihood, likelihood_init)
+                                                             likelihood, likelihood_init, pooling)
 
     @property
     def config(self):
@@ -350,6 +387,7 @@ class RewardModelInfo:
     max_completion_length: int | None = None
     uncertainty_penalty: float = 0.0
     likelihood: bool = False  # the heads add a weight times the response's mean log-likelihood
+    pooling: str = "last"  # what the heads read (POOLINGS); folders saved before it existed read "last"
     base_fingerprint: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     format: str = FORMAT
@@ -399,7 +437,7 @@ def read_info(path: str | os.PathLike) -> RewardModelInfo:
 def load_head(path: str | os.PathLike, info: RewardModelInfo) -> RewardHead:
     from safetensors.torch import load_file
 
-    head = RewardHead(info.hidden_size, info.num_heads, likelihood=info.likelihood)
+    head = RewardHead(info.hidden_size, info.num_heads, likelihood=info.likelihood, pooling=info.pooling)
     state = load_file(str(Path(path) / REWARD_HEAD))
     head.load_state_dict(state)
     return head

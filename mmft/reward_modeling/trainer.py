@@ -164,12 +164,12 @@ class RewardModelTrainer:
         if args.disable_dropout:
             disable_dropout_in_model(backbone)
         reward_model = RewardModel(backbone, args.num_heads, seed=args.seed, likelihood=args.likelihood_term,
-                                   likelihood_init=args.likelihood_init)
+                                   likelihood_init=args.likelihood_init, pooling=args.pooling)
         self.info = RewardModelInfo(
             base_model_name_or_path=self.model_name_or_path, model_type=model.config.model_type,
             hidden_size=text_hidden_size(model.config), num_heads=args.num_heads, eos_token_id=int(eos),
             max_completion_length=args.max_completion_length, uncertainty_penalty=args.uncertainty_penalty,
-            base_fingerprint=self.fingerprint, likelihood=args.likelihood_term,
+            base_fingerprint=self.fingerprint, likelihood=args.likelihood_term, pooling=args.pooling,
         )
         self.encoder = RewardEncoder(self.processor, self.info.model_type, eos, args.max_completion_length,
                                      args.max_prompt_length)

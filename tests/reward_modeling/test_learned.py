@@ -69,7 +69,8 @@ def _disagreeing_ensemble(rm_dir: str, out_dir) -> tuple[list, list]:
     v . h1 = 2 (so the members differ by 2 on input 1: std 1)."""
     from safetensors.torch import load_file, save_file
 
-    from mmft.reward_modeling.model import RewardEncoder, last_token_hidden, load_reward_model
+    from mmft.models.arch import inner_model
+    from mmft.reward_modeling.model import RewardEncoder, load_reward_model, pool_hidden
 
     model, processor, info = load_reward_model(rm_dir)
     rows = _rows(2, offset=600)
@@ -77,7 +78,8 @@ def _disagreeing_ensemble(rm_dir: str, out_dir) -> tuple[list, list]:
     texts = [c[0]["content"] for c in rows["chosen"]]
     inputs, last, _ = encoder(rows["prompt"], [[im] for im in rows["image"]], texts)
     with torch.no_grad():
-        h = last_token_hidden(model.backbone, inputs, last).double()
+        hidden = inner_model(model.backbone)(**inputs, use_cache=False).last_hidden_state
+        h = pool_hidden(hidden, info.pooling, last, None).double()
     h0, h1 = h[0], h[1]
     v = h1 - (h1 @ h0) / (h0 @ h0) * h0
     v = v * (2.0 / (v @ h1))

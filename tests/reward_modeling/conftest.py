@@ -60,6 +60,30 @@ def train_reward_model(model_dir: str, output_dir: str, train, eval_dataset=None
     return trainer
 
 
+def assert_reloads_and_mounts(trainer, held_out, model_dir: str, tmp_path) -> None:
+    """The saved reward model (trainer.args.output_dir) gives the trainer's own rewards on
+    `held_out` through LearnedReward and mounted on a PPO policy's base (`model_dir`)."""
+    import torch
+
+    from mmft import PPOConfig, PPOTrainer
+    from mmft.data.synthetic import load_synthetic_captions
+    from mmft.reward_modeling.mount import mount_reward_adapter
+    from reward_models.learned import LearnedReward
+
+    expected = trainer.predict(held_out)
+    rows = held_out[:]
+    reward = LearnedReward(trainer.args.output_dir, batch_size=3)
+    assert torch.allclose(reward.member_rewards(rows["prompt"], rows["chosen"], image=rows["image"]),
+                          expected["chosen"], atol=1e-5)
+    ppo = PPOTrainer(model_dir, train_dataset=load_synthetic_captions("train", 4),
+                     args=PPOConfig(output_dir=str(tmp_path / "ppo"), per_device_train_batch_size=2, max_steps=1,
+                                    eval_steps=0, save_steps=0),
+                     reward_funcs=[lambda completions, **kw: [0.0] * len(completions)])
+    mounted = mount_reward_adapter(ppo.unwrapped, trainer.args.output_dir, batch_size=3)
+    assert torch.allclose(mounted.member_rewards(rows["prompt"], rows["rejected"], image=rows["image"]),
+                          expected["rejected"], atol=1e-5)
+
+
 @pytest.fixture(scope="session")
 def trained_rm(tiny_vlm_dir, tmp_path_factory):
     """Factory: trained_rm(num_heads=1) -> folder of a reward model on the tiny LLaVA that

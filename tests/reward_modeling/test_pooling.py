@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import preference_dataset, train_reward_model
+from conftest import assert_reloads_and_mounts, preference_dataset, train_reward_model
 
 from reward_models.learned import LearnedReward
 
@@ -24,8 +24,6 @@ def _features_by_hand(model, inputs, last_index, response_start) -> torch.Tensor
 
 
 def test_last_mean_sum_pooling_scores_saves_reloads_and_mounts(tiny_vlm_dir, tmp_path):
-    from mmft.reward_modeling.mount import mount_reward_adapter
-
     held_out = preference_dataset(4, offset=300)
     trainer = train_reward_model(tiny_vlm_dir("llava"), str(tmp_path / "rm"), preference_dataset(8), held_out,
                                  max_steps=2, pooling="last+mean+sum", num_heads=2)
@@ -47,22 +45,7 @@ def test_last_mean_sum_pooling_scores_saves_reloads_and_mounts(tiny_vlm_dir, tmp
     # Saved and reloaded (LearnedReward), and mounted on a policy's base: the same rewards.
     trainer.save_model()
     assert json.loads((tmp_path / "rm" / "reward_config.json").read_text())["pooling"] == "last+mean+sum"
-    scores = trainer.predict(held_out)
-    rows = held_out[:]
-    reward = LearnedReward(tmp_path / "rm", batch_size=3)
-    assert torch.allclose(reward.member_rewards(rows["prompt"], rows["chosen"], image=rows["image"]),
-                          scores["chosen"], atol=1e-5)
-
-    from mmft import PPOConfig, PPOTrainer
-    from mmft.data.synthetic import load_synthetic_captions
-
-    ppo = PPOTrainer(tiny_vlm_dir("llava"), train_dataset=load_synthetic_captions("train", 4),
-                     args=PPOConfig(output_dir=str(tmp_path / "ppo"), per_device_train_batch_size=2, max_steps=1,
-                                    eval_steps=0, save_steps=0),
-                     reward_funcs=[lambda completions, **kw: [0.0] * len(completions)])
-    mounted = mount_reward_adapter(ppo.unwrapped, tmp_path / "rm", batch_size=3)
-    assert torch.allclose(mounted.member_rewards(rows["prompt"], rows["rejected"], image=rows["image"]),
-                          scores["rejected"], atol=1e-5)
+    assert_reloads_and_mounts(trainer, held_out, tiny_vlm_dir("llava"), tmp_path)
 
 
 def test_folders_saved_before_pooling_existed_read_the_last_token(tiny_vlm_dir, tmp_path):

@@ -68,7 +68,7 @@ class DemoSettings:
     rm_backbone_scenes: int = 20000
     rm_likelihood: bool = True  # RewardModelConfig.likelihood_term
     rm_pooling: str = "last+mean+sum"  # RewardModelConfig.pooling: what the heads read
-    rm_epochs: float = 1.0
+    rm_epochs: float = 2.0
     rm_learning_rate: float = 1e-3
     rm_batch_size: int = 16
     rm_lora_r: int = 32

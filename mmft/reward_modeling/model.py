@@ -126,23 +126,24 @@ def response_log_likelihood(backbone: nn.Module, hidden: torch.Tensor, input_ids
 
 def pool_hidden(hidden: torch.Tensor, pooling: str, last_index: torch.Tensor,
                 response_start: torch.Tensor | None) -> torch.Tensor:
-    """The features [B, P*H] the heads read from the last hidden states [B, T, H] (see
-    POOLINGS): each row's response is positions response_start..last_index, EOS included."""
+    """The features [B, P*H], in float32 as the heads are, that the heads read from the
+    last hidden states [B, T, H] (see POOLINGS): each row's response is positions
+    response_start..last_index, EOS included. Means and sums are taken in float32, so a
+    bf16 backbone's states do not lose precision in the sum."""
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     last_index = last_index.to(hidden.device)
     features = []
     for kind in POOLINGS[pooling]:
         if kind == "last":
-            features.append(hidden[rows, last_index])
+            features.append(hidden[rows, last_index].float())
             continue
         if response_start is None:
             raise ValueError(f"the {pooling!r} reward head pools the response tokens: pass response_start "
                              "(RewardEncoder gives it)")
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         mask = (positions >= response_start.to(hidden.device).unsqueeze(1)) & (positions <= last_index.unsqueeze(1))
-        total = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(1)
-        features.append(total / mask.sum(1, keepdim=True).clamp(min=1).to(hidden.dtype) if kind == "mean"
-                        else total / SUM_SCALE)
+        total = (hidden.float() * mask.unsqueeze(-1)).sum(1)
+        features.append(total / mask.sum(1, keepdim=True).clamp(min=1) if kind == "mean" else total / SUM_SCALE)
     return torch.cat(features, -1)
 
 
@@ -165,8 +166,7 @@ class RewardModel(nn.Module):
 
     `forward(inputs, last_index, response_start)` -> rewards [B, K]: each head's linear
     score of the pooled hidden states (the EOS after the response, by default; see
-    `RewardHead`), plus, when
-    `likelihood=True`, a learned weight (initially `likelihood_init`) times the mean
+    `RewardHead`), plus, when `likelihood=True`, a learned weight (initially `likelihood_init`) times the mean
     token log-likelihood of the response given image and prompt under the backbone (the
     VLM's own LM head, LoRA included). That term is the captioner's "how well does this
     text describe this image" (VisualGPTScore, Lin et al. 2023), an image-grounded prior

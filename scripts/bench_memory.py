@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -451,6 +452,14 @@ def main(argv: list[str] | None = None) -> dict:
 
         os.environ["MALLOC_MMAP_THRESHOLD_"] = os.environ["MALLOC_TRIM_THRESHOLD_"] = str(a.malloc_mmap_threshold)
     workdir = tempfile.mkdtemp(prefix="mmft-bench-memory-")
+    try:
+        return _measure_all(a, argv, s, models, in_process, workdir, t_start, log)
+    finally:
+        # The built models (1.9 GB with the realistic one) are only this run's inputs.
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure_all(a, argv, s, models, in_process, workdir, t_start, log) -> dict:
     log(f"building {', '.join(m for m in models if m != 'demo')} in {workdir}")
     built = run_child(SCRIPT, {"task": "prepare", "workdir": workdir, "models": models}, in_process=in_process)
     if "demo" in models:

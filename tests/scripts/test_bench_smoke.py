@@ -91,9 +91,15 @@ def test_bench_ppo_device_reaches_every_system(tmp_path):
         assert [c.use_cpu for c in configs] == [use_cpu] * 3, device
 
 
-def test_bench_memory_quick(tmp_path):
+def test_bench_memory_quick(tmp_path, monkeypatch):
+    import tempfile
+
     out = tmp_path / "mem.json"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     _load("bench_memory").main(["--quick", "--json", str(out)])
+    assert not list(scratch.glob("mmft-bench-memory-*"))  # the models it built are removed
     r = json.loads(out.read_text())
     assert r["models"] and r["models"][0]["model"] == "tiny-llava"
     m = r["models"][0]

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -451,37 +450,30 @@ def main(argv: list[str] | None = None) -> dict:
         import os
 
         os.environ["MALLOC_MMAP_THRESHOLD_"] = os.environ["MALLOC_TRIM_THRESHOLD_"] = str(a.malloc_mmap_threshold)
-    workdir = tempfile.mkdtemp(prefix="mmft-bench-memory-")
-    try:
-        return _measure_all(a, argv, s, models, in_process, workdir, t_start, log)
-    finally:
-        # The built models (1.9 GB with the realistic one) are only this run's inputs.
-        shutil.rmtree(workdir, ignore_errors=True)
+    # The built models (1.9 GB with the realistic one) are only this run's inputs.
+    with tempfile.TemporaryDirectory(prefix="mmft-bench-memory-", ignore_cleanup_errors=True) as workdir:
+        log(f"building {', '.join(m for m in models if m != 'demo')} in {workdir}")
+        built = run_child(SCRIPT, {"task": "prepare", "workdir": workdir, "models": models}, in_process=in_process)
+        if "demo" in models:
+            from mmft.demo import build_demo_base
 
+            demo = build_demo_base()
+            built["demo"] = {"path": str(demo), "parameters": _count_params(demo)}
 
-def _measure_all(a, argv, s, models, in_process, workdir, t_start, log) -> dict:
-    log(f"building {', '.join(m for m in models if m != 'demo')} in {workdir}")
-    built = run_child(SCRIPT, {"task": "prepare", "workdir": workdir, "models": models}, in_process=in_process)
-    if "demo" in models:
-        from mmft.demo import build_demo_base
+        import torch
 
-        demo = build_demo_base()
-        built["demo"] = {"path": str(demo), "parameters": _count_params(demo)}
-
-    import torch
-
-    cuda = torch.cuda.is_available()
-    results = {"machine": machine_description(), "settings": s,
-               "command": "python scripts/bench_memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "device": "cuda" if cuda else "cpu", "isolated": in_process is None,
-               "malloc_mmap_threshold": a.malloc_mmap_threshold, "models": []}
-    for name in models:
-        variants = [("float32", False)]
-        if cuda and name in ("realistic", "demo") or (cuda and a.quick):
-            variants += [("bfloat16", False), ("bfloat16", True)]
-        log(f"{name}: " + ", ".join("qlora-4bit" if q else d for d, q in variants))
-        results["models"].append(measure_model(name, built[name]["path"], s, variants=variants, log=log,
-                                               parameters=built[name].get("parameters"), in_process=in_process))
+        cuda = torch.cuda.is_available()
+        results = {"machine": machine_description(), "settings": s,
+                   "command": "python scripts/bench_memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "device": "cuda" if cuda else "cpu", "isolated": in_process is None,
+                   "malloc_mmap_threshold": a.malloc_mmap_threshold, "models": []}
+        for name in models:
+            variants = [("float32", False)]
+            if cuda and name in ("realistic", "demo") or (cuda and a.quick):
+                variants += [("bfloat16", False), ("bfloat16", True)]
+            log(f"{name}: " + ", ".join("qlora-4bit" if q else d for d, q in variants))
+            results["models"].append(measure_model(name, built[name]["path"], s, variants=variants, log=log,
+                                                   parameters=built[name].get("parameters"), in_process=in_process))
     results["total_s"] = time.time() - t_start
     results["all_finite"] = finite([{k: v for k, v in m.items() if k.endswith("_over_sft")} for m in results["models"]])
     print()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from mmft.reward_modeling.model import POOLINGS
+from mmft.reward_modeling.model import check_pooling
 
 
 @dataclass
@@ -63,8 +63,7 @@ class RewardModelConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {self.pooling!r}.")
+        check_pooling(self.pooling, "RewardModelConfig")
         if self.num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {self.num_heads}.")
         if self.uncertainty_penalty < 0:

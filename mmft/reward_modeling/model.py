@@ -38,6 +38,12 @@ from mmft.rollout import training_inputs
 POOLINGS = {"last": ("last",), "last+mean+sum": ("last", "mean", "sum")}
 SUM_SCALE = 8.0
 
+
+def check_pooling(pooling: str, where: str, error: type[ValueError] = ValueError) -> None:
+    """Raise `error`, naming `where` (a class, a file), unless `pooling` is a key of POOLINGS."""
+    if pooling not in POOLINGS:
+        raise error(f"{where}: pooling must be one of {list(POOLINGS)}, got {pooling!r}.")
+
 REWARD_CONFIG = "reward_config.json"
 REWARD_HEAD = "reward_head.safetensors"
 FORMAT = "mmft-reward-model/1"
@@ -70,8 +76,7 @@ class RewardHead(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int = 1, seed: int = 0, likelihood: bool = False,
                  likelihood_init: float = 1.0, pooling: str = "last"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"Unknown reward-head pooling {pooling!r}; use one of {list(POOLINGS)}.")
+        check_pooling(pooling, "RewardHead")
         self.pooling = pooling
         features = hidden_size * len(POOLINGS[pooling])
         self.score = nn.Linear(features, num_heads)
@@ -130,21 +135,19 @@ def pool_hidden(hidden: torch.Tensor, pooling: str, last_index: torch.Tensor,
     last hidden states [B, T, H] (see POOLINGS): each row's response is positions
     response_start..last_index, EOS included. Means and sums are taken in float32, so a
     bf16 backbone's states do not lose precision in the sum."""
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    kinds = POOLINGS[pooling]
     last_index = last_index.to(hidden.device)
-    features = []
-    for kind in POOLINGS[pooling]:
-        if kind == "last":
-            features.append(hidden[rows, last_index].float())
-            continue
+    features = {"last": hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index].float()}
+    if kinds != ("last",):
         if response_start is None:
             raise ValueError(f"the {pooling!r} reward head pools the response tokens: pass response_start "
                              "(RewardEncoder gives it)")
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         mask = (positions >= response_start.to(hidden.device).unsqueeze(1)) & (positions <= last_index.unsqueeze(1))
         total = (hidden.float() * mask.unsqueeze(-1)).sum(1)
-        features.append(total / mask.sum(1, keepdim=True).clamp(min=1) if kind == "mean" else total / SUM_SCALE)
-    return torch.cat(features, -1)
+        features["mean"] = total / mask.sum(1, keepdim=True).clamp(min=1)
+        features["sum"] = total / SUM_SCALE
+    return torch.cat([features[kind] for kind in kinds], -1)
 
 
 def score_inputs(backbone: nn.Module, head: RewardHead, inputs: dict[str, torch.Tensor], last_index: torch.Tensor,
@@ -431,7 +434,9 @@ def read_info(path: str | os.PathLike) -> RewardModelInfo:
     data = json.loads(cfg.read_text())
     if data.get("format") != FORMAT:
         raise RewardModelError(f"{cfg}: format {data.get('format')!r}, expected {FORMAT!r}.")
-    return RewardModelInfo(**data)
+    info = RewardModelInfo(**data)
+    check_pooling(info.pooling, str(cfg), RewardModelError)
+    return info
 
 
 def load_head(path: str | os.PathLike, info: RewardModelInfo) -> RewardHead:

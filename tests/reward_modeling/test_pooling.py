@@ -48,7 +48,7 @@ def test_last_mean_sum_pooling_scores_saves_reloads_and_mounts(tiny_vlm_dir, tmp
     assert_reloads_and_mounts(trainer, held_out, tiny_vlm_dir("llava"), tmp_path)
 
 
-def test_folders_saved_before_pooling_existed_read_the_last_token(tiny_vlm_dir, tmp_path):
+def test_saved_folders_without_pooling_read_the_last_token_and_unknown_ones_are_named(tiny_vlm_dir, tmp_path):
     held_out = preference_dataset(3, offset=300)
     trainer = train_reward_model(tiny_vlm_dir("llava"), str(tmp_path / "rm"), preference_dataset(4))
     scores = trainer.predict(held_out)
@@ -60,6 +60,13 @@ def test_folders_saved_before_pooling_existed_read_the_last_token(tiny_vlm_dir, 
     assert torch.allclose(LearnedReward(tmp_path / "rm").member_rewards(rows["prompt"], rows["chosen"],
                                                                         image=rows["image"]),
                           scores["chosen"], atol=1e-5)
+
+    # A pooling this version does not know: an error naming the file, not a shape mismatch.
+    from mmft.reward_modeling.model import RewardModelError
+
+    config.write_text(json.dumps({**data, "pooling": "max"}))
+    with pytest.raises(RewardModelError, match=r"reward_config.json: pooling must be one of .*'max'"):
+        LearnedReward(tmp_path / "rm")
 
 
 def test_unknown_pooling_is_refused(tmp_path):

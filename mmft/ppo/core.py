@@ -180,11 +180,15 @@ def value_loss(
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 - Var[R - V] / Var[R] over valid tokens (1 is a perfect critic)."""
+    """1 - Var[R - V] / Var[R] over valid tokens (1 is a perfect critic, 0 no better than
+    the mean return). NaN when the returns do not vary (Var[R] under 1e-12, e.g. every
+    sample scored the same): the ratio is undefined there, and clamping the variance would
+    log 1 or a huge negative number instead."""
     var_r = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
     diff = returns - values
     var_d = masked_mean((diff - masked_mean(diff, mask)) ** 2, mask)
-    return 1.0 - var_d / var_r.clamp(min=1e-8)
+    ev = 1.0 - var_d / var_r.clamp(min=1e-12)
+    return torch.where(var_r < 1e-12, torch.full_like(ev, float("nan")), ev)
 
 
 class FixedKLController:

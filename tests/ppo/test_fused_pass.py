@@ -81,7 +81,7 @@ def test_fused_old_pass_gives_the_same_training(algorithm, critic, tiny_vlm_dir,
         for key in ("objective/scores", "objective/kl", "loss/policy", "loss/value", "policy/clipfrac",
                     "policy/approxkl", "val/explained_variance"):
             if key in h_plain:
-                assert h_fused[key] == pytest.approx(h_plain[key], abs=1e-5), key
+                assert h_fused[key] == pytest.approx(h_plain[key], abs=1e-5, nan_ok=True), key
     # Generation runs the language model once per new token; the passes are what differ.
     # Passes of the policy base (the top-layer critic runs no full forward of its own).
     separate_passes = {"shared": 2, "separate": 1, "policy": 1, "top_layer": 1, None: 1}[critic]

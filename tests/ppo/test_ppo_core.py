@@ -128,6 +128,18 @@ def test_masked_positions_never_change_losses_or_metrics():
     torch.testing.assert_close(adv1, adv2)
 
 
+def test_explained_variance_hand_computed_and_undefined_for_constant_returns():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float)
+    ret = torch.tensor([[1.0, 2.0, 9.0], [3.0, 4.0, 5.0]])  # valid: 1 2 3 4 5, variance 2
+    val = torch.tensor([[1.0, 1.0, -9.0], [3.0, 3.0, 6.0]])  # R - V valid: 0 1 0 1 -1, variance 0.56
+    assert core.explained_variance(val, ret, mask).item() == pytest.approx(1 - 0.56 / 2)
+    assert core.explained_variance(ret, ret, mask).item() == pytest.approx(1.0)
+    # Every valid return equal (e.g. one score for all samples): undefined, not 1 or -1e8.
+    flat = torch.tensor([[0.5, 0.5, 7.0], [0.5, 0.5, 0.5]])
+    assert math.isnan(core.explained_variance(val, flat, mask).item())
+    assert math.isnan(core.explained_variance(flat, flat, mask).item())
+
+
 def test_adaptive_kl_controller_follows_ziegler():
     ctl = core.AdaptiveKLController(0.1, target=6.0, horizon=10000)
     ctl.update(current_kl=12.0, n_steps=100)  # error clipped to +0.2

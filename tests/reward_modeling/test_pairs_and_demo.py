@@ -37,12 +37,14 @@ def test_make_pairs_writes_a_valid_pairs_file(tiny_vlm_dir, tmp_path):
 @pytest.mark.slow
 def test_preference_demo_reduced(tmp_path):
     """The whole loop on a few dozen pairs, several per scene (builds the demo base model on first use)."""
+    from mmft.label.pairs import load_pairs
+
     out = tmp_path / "demo.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, "scripts/preference_demo.py", "--json", str(out), "--num_pair_images", "16",
                     "--samples_per_image", "3", "--pairs_per_image", "3",
                     "--rm_epochs", "1", "--ppo_steps", "2", "--ppo_batch_size", "8", "--num_eval_scenes", "16",
-                    "--min_rm_accuracy", "0", "--rm_backbone_steps", "0"], cwd=ROOT, env=env, check=True,
+                    "--num_unseen_scenes", "6", "--min_rm_accuracy", "0", "--rm_backbone_steps", "0"], cwd=ROOT, env=env, check=True,
                    timeout=1800)
     res = json.loads(out.read_text())
     assert 16 < res["pairs"] <= 48  # up to 3 distinct pairs of 3 samples per scene
@@ -53,3 +55,9 @@ def test_preference_demo_reduced(tmp_path):
     assert res["rm_mounted"]  # the reward model shares the policy's base: PPO mounted it
     assert all(math.isfinite(res[k]) for k in ("oracle_before", "oracle_after"))
     assert set(res["base_caption_loss"]) == {"matched_images", "shuffled_images"}
+    # Unseen scenes: the ids after the 16 pair scenes (the backbone is the demo base here);
+    # every pair of theirs is scored or counted as a tie.
+    unseen = res["rm_accuracy_unseen_scenes"]
+    unseen_pairs = load_pairs(tmp_path / "demo_work" / "unseen" / "pairs.jsonl")
+    assert unseen["first_scene"] == 16 and {p.metadata["scene_id"] for p in unseen_pairs} == set(range(16, 22))
+    assert unseen["pairs"] + unseen["ties"] == len(unseen_pairs) and 0.0 <= unseen["accuracy"] <= 1.0

@@ -228,11 +228,13 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
     (ties dropped, counted): does it judge new images, or recall the ones it saw?"""
     from PIL import Image
 
+    from mmft.demo import DemoBaseSpec
     from mmft.label.pairs import load_pairs
     from reward_models import AttributeReward
     from reward_models.learned import LearnedReward
 
-    offset = max(s.num_pair_images, s.rm_backbone_scenes if s.rm_backbone_steps > 0 else 0)
+    backbone_scenes = s.rm_backbone_scenes if s.rm_backbone_steps > 0 else DemoBaseSpec().num_scenes
+    offset = max(s.num_pair_images, backbone_scenes)
     path = work / "unseen" / "pairs.jsonl"
     make_pairs(path, model=base, num_images=s.num_unseen_scenes, offset=offset,
                samples_per_image=s.samples_per_image, pairs_per_image=s.pairs_per_image,
@@ -254,7 +256,7 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
     n = len(chosen)
     scores = reward(prompts=prompts + prompts, completions=chosen + rejected, image=images + images)
     correct = sum((a > b) + 0.5 * (a == b) for a, b in zip(scores[:n], scores[n:]))
-    return {"accuracy": correct / n, "pairs": n, "ties": ties, "first_scene": offset,
+    return {"accuracy": correct / n if n else None, "pairs": n, "ties": ties, "first_scene": offset,
             "scenes": s.num_unseen_scenes}
 
 

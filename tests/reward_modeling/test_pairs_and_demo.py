@@ -55,9 +55,10 @@ def test_preference_demo_reduced(tmp_path):
     assert res["rm_mounted"]  # the reward model shares the policy's base: PPO mounted it
     assert all(math.isfinite(res[k]) for k in ("oracle_before", "oracle_after"))
     assert set(res["base_caption_loss"]) == {"matched_images", "shuffled_images"}
-    # Unseen scenes: the ids after the 16 pair scenes (the backbone is the demo base here);
-    # every pair of theirs is scored or counted as a tie.
+    # Unseen scenes: the ids after the demo base's 2,000 SFT scenes (its backbone here; the 16
+    # pair scenes are among them); every pair of theirs is scored or counted as a tie.
     unseen = res["rm_accuracy_unseen_scenes"]
     unseen_pairs = load_pairs(tmp_path / "demo_work" / "unseen" / "pairs.jsonl")
-    assert unseen["first_scene"] == 16 and {p.metadata["scene_id"] for p in unseen_pairs} == set(range(16, 22))
+    assert unseen["first_scene"] == 2000
+    assert {p.metadata["scene_id"] for p in unseen_pairs} == set(range(2000, 2006))
     assert unseen["pairs"] + unseen["ties"] == len(unseen_pairs) and 0.0 <= unseen["accuracy"] <= 1.0

@@ -226,10 +226,12 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
     """The saved reward model (`LearnedReward`, as PPO loads it) on pairs from scenes after
     every id that its pairs and its backbone trained on, labelled by the oracle directly
     (ties dropped, counted): does it judge new images, or recall the ones it saw?"""
+    import torch
     from PIL import Image
 
     from mmft.demo import DemoBaseSpec
     from mmft.label.pairs import load_pairs
+    from mmft.reward_modeling.core import pair_accuracy
     from reward_models import AttributeReward
     from reward_models.learned import LearnedReward
 
@@ -255,8 +257,8 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
     reward = LearnedReward(rm_dir, name="learned")
     n = len(chosen)
     scores = reward(prompts=prompts + prompts, completions=chosen + rejected, image=images + images)
-    correct = sum((a > b) + 0.5 * (a == b) for a, b in zip(scores[:n], scores[n:]))
-    return {"accuracy": correct / n if n else None, "pairs": n, "ties": ties, "first_scene": offset,
+    accuracy = pair_accuracy(torch.tensor(scores[:n]), torch.tensor(scores[n:])).mean().item() if n else None
+    return {"accuracy": accuracy, "pairs": n, "ties": ties, "first_scene": offset,
             "scenes": s.num_unseen_scenes}
 
 

@@ -122,3 +122,34 @@ def _with_two_images_in_row_1():
     rows[1]["prompt"] = [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
                                                       {"type": "text", "text": "Describe."}]}]
     return rows
+
+
+def test_collating_workers_give_the_same_training(tiny_vlm_dir, tmp_path):
+    """dataloader_num_workers moves the collation (image decoding, processor) into forked
+    workers; the batches, hence the training and the held-out rewards, are unchanged."""
+    runs = {}
+    for workers in (0, 2):
+        trainer = train_reward_model(tiny_vlm_dir("llava"), str(tmp_path / f"w{workers}"), preference_dataset(24),
+                                     eval_dataset=preference_dataset(10, offset=200), max_steps=4,
+                                     per_device_eval_batch_size=4, dataloader_num_workers=workers,
+                                     eval_shuffled_images=False)
+        assert trainer.train_loader.num_workers == workers
+        runs[workers] = (trainer.log_history, trainer.predict(trainer.eval_dataset))
+    (history0, pred0), (history2, pred2) = runs[0], runs[2]
+    assert [h["train/loss"] for h in history0 if "train/loss" in h] == \
+        [h["train/loss"] for h in history2 if "train/loss" in h]
+    assert torch.equal(pred0["chosen"], pred2["chosen"]) and torch.equal(pred0["rejected"], pred2["rejected"])
+    assert pred2["index"].tolist() == list(range(10))
+
+
+def test_evaluation_keeps_its_own_schedule(tiny_vlm_dir, tmp_path):
+    """eval_steps that is not a multiple of logging_steps still evaluates every eval_steps
+    (it used to evaluate only on logging steps: never, for most such pairs)."""
+    trainer = train_reward_model(tiny_vlm_dir("llava"), str(tmp_path), preference_dataset(20),
+                                 eval_dataset=preference_dataset(4, offset=200), max_steps=5, logging_steps=3,
+                                 eval_steps=2, eval_shuffled_images=False)
+    history = trainer.log_history
+    train_steps = [h["step"] for h in history if "train/loss" in h]
+    eval_steps = [h["step"] for h in history if "eval/accuracy" in h]
+    assert train_steps == [3, 5]  # every logging_steps, and the last step
+    assert eval_steps == [2, 4, 5]  # every eval_steps, and the final evaluation

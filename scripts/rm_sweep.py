@@ -1,0 +1,169 @@
+"""Reward-model settings side by side: one process per run, held-out accuracy after every epoch.
+
+    python scripts/rm_sweep.py --prefs EXPORT --backbone MODEL --out DIR --json OUT \\
+        --run bs16:batch=16,epochs=3,lr=7e-4 --run bs64:batch=64,epochs=6,lr=1e-3
+
+EXPORT is a preference dataset (`mmft label export`; the preference demo writes one to
+`<json stem>_work/prefs`), MODEL the reward model's backbone. Every run trains with
+`RewardModelTrainer` on the same split (`--eval_fraction` held out by pair and image, as
+the demo does) and evaluates after each epoch. A run's keys: batch, epochs, lr, r (LoRA
+rank; alpha 2r), sched (a transformers scheduler name), heads, pooling. The rest are the
+demo's reward-model settings (likelihood term, 64 response tokens, seed).
+
+On a GPU all runs start at once (`--parallel`, default: all of them); a small backbone
+leaves the GPU mostly idle in one process, so several share it well (with NVIDIA's MPS
+daemon, `nvidia-cuda-mps-control -d`, their kernels overlap). On a CPU they run one at a
+time. `--deadline S` stops the runs still going after S seconds; their per-epoch figures
+so far are kept. Prints a table; `--json` writes every run's settings, per-epoch held-out
+accuracy and training accuracy, final metrics, steps per second and status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_KEYS = {"batch": int, "epochs": float, "lr": float, "r": int, "sched": str, "heads": int, "pooling": str}
+DEFAULTS = {"batch": 64, "epochs": 6.0, "lr": 1e-3, "r": 32, "sched": "linear", "heads": 1, "pooling": "last+mean+sum"}
+
+
+def parse_run(text: str) -> tuple[str, dict]:
+    """'NAME:key=value,...' -> (NAME, settings with the defaults filled in)."""
+    name, _, spec = text.partition(":")
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise SystemExit(f"--run {text!r}: start with a name of letters, digits, '-' or '_', then ':'")
+    settings = dict(DEFAULTS)
+    for item in filter(None, spec.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in RUN_KEYS:
+            raise SystemExit(f"--run {text!r}: {item!r} is not key=value with a key among {', '.join(RUN_KEYS)}")
+        try:
+            settings[key] = RUN_KEYS[key](value)
+        except ValueError:
+            raise SystemExit(f"--run {text!r}: {key} must be {RUN_KEYS[key].__name__}, got {value!r}") from None
+    return name, settings
+
+
+def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fraction: float, seed: int,
+              workers: int) -> None:
+    """One run (in its own process): train, evaluate every epoch, write result.json."""
+    import torch
+
+    from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
+    from mmft.reward_modeling.data import held_out_split, load_preferences
+    from mmft.rl_trainer import default_lora_config
+
+    train, held_out = held_out_split(load_preferences(prefs), eval_fraction, seed)
+    steps_per_epoch = math.ceil(len(train) / settings["batch"])
+    args = RewardModelConfig(
+        output_dir=str(out), num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
+        lr_scheduler_type=settings["sched"], per_device_train_batch_size=settings["batch"],
+        per_device_eval_batch_size=64, num_heads=settings["heads"], pooling=settings["pooling"],
+        logging_steps=max(1, steps_per_epoch // 10), eval_steps=steps_per_epoch, seed=seed,
+        max_completion_length=64, likelihood_term=True, eval_shuffled_images=False,
+        dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0, report_to="none",
+        use_cpu=not torch.cuda.is_available())
+    trainer = RewardModelTrainer(backbone, args=args, train_dataset=train, eval_dataset=held_out,
+                                 peft_config=default_lora_config("language", settings["r"], 2 * settings["r"]))
+    start = time.time()
+    trainer.train()
+    seconds = time.time() - start
+    result = {"final": trainer.info.metrics, "seconds": seconds, "steps": trainer.step,
+              "steps_per_s": trainer.step / seconds, "train_pairs": len(train), "held_out_pairs": len(held_out)}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+
+
+def read_run(out: Path, name: str, settings: dict, status: str) -> dict:
+    """A run's figures from its folder: per-epoch held-out accuracy from log_history.jsonl
+    (kept when the run was stopped), and result.json when it finished."""
+    history = [json.loads(line) for line in (out / "log_history.jsonl").read_text().splitlines()] \
+        if (out / "log_history.jsonl").exists() else []
+    # The last epoch's evaluation and the final one fall on the same step: keep one per step.
+    evals = sorted({h["step"]: h["eval/accuracy"] for h in history if "eval/accuracy" in h}.items())
+    train = [(h["step"], h["train/accuracy"]) for h in history if "train/accuracy" in h]
+    result = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else {}
+    return {"name": name, "settings": settings, "status": status, "held_out_accuracy_by_step": evals,
+            "train_accuracy_by_step": train, **result}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prefs", required=True, help="preference dataset folder (mmft label export)")
+    p.add_argument("--backbone", required=True, help="the reward model's backbone (a VLM folder or hub id)")
+    p.add_argument("--out", required=True, help="a folder per run goes here")
+    p.add_argument("--run", action="append", default=[], help="NAME:key=value,... (repeat); keys: "
+                   + ", ".join(f"{k} (default {v})" for k, v in DEFAULTS.items()))
+    p.add_argument("--json", help="write the results here")
+    p.add_argument("--eval_fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="collating processes per run (0: collate in the run)")
+    p.add_argument("--parallel", type=int, help="runs at once (default: all on a GPU, 1 on a CPU)")
+    p.add_argument("--deadline", type=float, help="stop runs still going after this many seconds")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        name, settings = parse_run(args.child)
+        train_one(args.prefs, args.backbone, Path(args.out) / name, settings, args.eval_fraction, args.seed,
+                  args.workers)
+        return
+    if not args.run:
+        raise SystemExit("give at least one --run NAME:key=value,...")
+    runs = [parse_run(text) for text in args.run]
+    if len({name for name, _ in runs}) != len(runs):
+        raise SystemExit("--run names must differ")
+    import torch
+
+    parallel = args.parallel or (len(runs) if torch.cuda.is_available() else 1)
+    out = Path(args.out)
+    pending, going, done = list(zip(args.run, runs)), {}, {}
+    start = time.time()
+    while pending or going:
+        while pending and len(going) < parallel:
+            text, (name, settings) = pending.pop(0)
+            (out / name).mkdir(parents=True, exist_ok=True)
+            log = open(out / name / "log.txt", "w")
+            cmd = [sys.executable, __file__, "--child", text, "--prefs", args.prefs, "--backbone", args.backbone,
+                   "--out", str(out), "--eval_fraction", str(args.eval_fraction), "--seed", str(args.seed),
+                   "--workers", str(args.workers)]
+            going[name] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log, settings)
+        time.sleep(1)
+        late = args.deadline is not None and time.time() - start > args.deadline
+        for name, (proc, log, settings) in list(going.items()):
+            if proc.poll() is None and late:
+                proc.kill()
+                proc.wait()
+            if proc.poll() is not None:
+                log.close()
+                status = "stopped at the deadline" if late and proc.returncode < 0 else \
+                    "done" if proc.returncode == 0 else f"failed (exit {proc.returncode}; see {out / name / 'log.txt'})"
+                done[name] = read_run(out / name, name, settings, status)
+                del going[name]
+        if late:
+            for _, (name, settings) in pending:
+                done[name] = read_run(out / name, name, settings, "not started (deadline)")
+            pending = []
+
+    print(f"{'run':<12} {'settings':<44} {'held-out accuracy by epoch':<44} {'steps/s':>7}  status")
+    for name, _ in runs:
+        r = done[name]
+        s = r["settings"]
+        setting = f"batch {s['batch']}, {s['epochs']:g} ep, lr {s['lr']:g}, r {s['r']}, {s['sched']}"
+        curve = " ".join(f"{a:.3f}" for _, a in r["held_out_accuracy_by_step"])
+        speed = f"{r['steps_per_s']:.1f}" if "steps_per_s" in r else "-"
+        print(f"{name:<12} {setting:<44} {curve:<44} {speed:>7}  {r['status']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"runs": [done[name] for name, _ in runs], "prefs": args.prefs,
+                                               "backbone": args.backbone, "seed": args.seed,
+                                               "device": "cuda" if torch.cuda.is_available() else "cpu"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

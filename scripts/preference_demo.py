@@ -71,18 +71,23 @@ class DemoSettings:
     rm_backbone_scenes: int = 20000
     rm_likelihood: bool = True  # RewardModelConfig.likelihood_term
     rm_pooling: str = "last+mean+sum"  # RewardModelConfig.pooling: what the heads read
-    # 3 epochs at 7e-4 (held-out 0.871) beat 2 at 1e-3 (0.857): the reward model underfits, but
-    # 1e-3 held longer (4 epochs) or 2e-3 collapses training (docs/preference.md, ninth session).
-    rm_epochs: float = 3.0
-    rm_learning_rate: float = 7e-4
-    rm_batch_size: int = 16
+    # 6 epochs of 64 pairs at 1e-3 (held-out 0.882; 0.880 on an H200) beat 3 of 16 at 7e-4 (0.871): with
+    # 16 pairs a step, 1e-3 held for 4 epochs broke training down; 64 keep it stable, and the
+    # step costs the same per pair on a CPU (docs/preference.md, tenth session).
+    rm_epochs: float = 6.0
+    rm_learning_rate: float = 1e-3
+    rm_batch_size: int = 64
     rm_lora_r: int = 32
-    ppo_steps: int = 30
+    # The learned reward can be over-optimised: at KL coefficient 0.02 the greedy captions turn
+    # into lists ("... and a little green triangle and a little green triangle and") within 60
+    # iterations. At 0.1 they stay sentences while the oracle score still rises through 100
+    # iterations (docs/preference.md, tenth session).
+    ppo_steps: int = 100
     ppo_batch_size: int = 16  # x ppo_grad_accum samples per iteration
     ppo_grad_accum: int = 2
     ppo_epochs: int = 2
     ppo_learning_rate: float = 1e-3
-    ppo_kl_coef: float = 0.02
+    ppo_kl_coef: float = 0.1
     num_eval_scenes: int = 100  # held-out test scenes for the oracle accuracy
     # Scenes that neither the reward model's pairs nor its backbone's SFT saw (the ids after
     # both): their pairs, labelled by the oracle, give rm_accuracy_unseen_scenes (0: skip).
@@ -172,6 +177,11 @@ def oracle_accuracy(trainer, dataset) -> tuple[float, list[str]]:
     scores = [oracle.score_one(t, dataset[i]["objects"], dataset[i]["num_objects"], dataset[i]["relation"])
               for i, t in zip(indices, texts)]
     return sum(scores) / len(scores), texts
+
+
+def mean_words(texts: list[str]) -> float:
+    """Mean number of whitespace-separated words per caption."""
+    return sum(len(t.split()) for t in texts) / max(1, len(texts))
 
 
 def image_sensitivity(base: str, num_scenes: int = 32) -> dict[str, float]:
@@ -361,6 +371,8 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
         "rm_mounted": rm_base == base,
         "oracle_before": before,
         "oracle_after": after,
+        # Longer greedy captions after PPO are the first sign of the reward being gamed by lists.
+        "caption_words_before_after": [mean_words(before_texts), mean_words(after_texts)],
         "base_caption_loss": base_loss,
         "pairs": pair_summary["pairs"],
         "labels": counts,

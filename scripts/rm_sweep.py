@@ -10,12 +10,13 @@ the demo does) and evaluates after each epoch. A run's keys: batch, epochs, lr, 
 rank; alpha 2r), sched (a transformers scheduler name), heads, pooling. The rest are the
 demo's reward-model settings (likelihood term, 64 response tokens, seed).
 
-On a GPU all runs start at once (`--parallel`, default: all of them); a small backbone
-leaves the GPU mostly idle in one process, so several share it well (with NVIDIA's MPS
-daemon, `nvidia-cuda-mps-control -d`, their kernels overlap). On a CPU they run one at a
-time. `--deadline S` stops the runs still going after S seconds; their per-epoch figures
-so far are kept. Prints a table; `--json` writes every run's settings, per-epoch held-out
-accuracy and training accuracy, final metrics, steps per second and status.
+On a GPU all runs start at once (`--parallel`, default: all of them; with several GPUs
+they take the GPUs in turn): a small backbone leaves the GPU mostly idle in one process,
+so several share it well (with NVIDIA's MPS daemon, `nvidia-cuda-mps-control -d`, their
+kernels overlap). On a CPU they run one at a time. `--deadline S` stops the runs still
+going after S seconds; their per-epoch figures so far are kept. Prints a table; `--json`
+writes every run's settings, per-epoch held-out and training accuracy, final metrics,
+steps per second and status.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -118,11 +120,17 @@ def main() -> None:
     runs = [parse_run(text) for text in args.run]
     if len({name for name, _ in runs}) != len(runs):
         raise SystemExit("--run names must differ")
+    if not Path(args.prefs).is_dir():
+        raise SystemExit(f"--prefs {args.prefs}: no such folder (a `mmft label export` output)")
+    out = Path(args.out)
+    for name, _ in runs:  # a run's log history is appended to: an old one would mix in
+        if (out / name).exists() and any((out / name).iterdir()):
+            raise SystemExit(f"{out / name} exists and is not empty: choose a new --out or remove it")
     import torch
 
     parallel = args.parallel or (len(runs) if torch.cuda.is_available() else 1)
-    out = Path(args.out)
-    pending, going, done = list(zip(args.run, runs)), {}, {}
+    gpus = torch.cuda.device_count()
+    pending, going, done, started = list(zip(args.run, runs)), {}, {}, 0
     start = time.time()
     while pending or going:
         while pending and len(going) < parallel:
@@ -132,7 +140,12 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", text, "--prefs", args.prefs, "--backbone", args.backbone,
                    "--out", str(out), "--eval_fraction", str(args.eval_fraction), "--seed", str(args.seed),
                    "--workers", str(args.workers)]
-            going[name] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log, settings)
+            env = dict(os.environ)
+            if gpus > 1:  # runs take the GPUs in turn
+                env["CUDA_VISIBLE_DEVICES"] = str(started % gpus)
+            started += 1
+            going[name] = (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log,
+                           settings)
         time.sleep(1)
         late = args.deadline is not None and time.time() - start > args.deadline
         for name, (proc, log, settings) in list(going.items()):

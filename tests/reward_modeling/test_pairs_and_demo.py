@@ -54,6 +54,8 @@ def test_preference_demo_reduced(tmp_path):
     assert sum(b["pairs"] for b in res["rm_accuracy_by_oracle_margin"].values()) == res["held_out_pairs"]
     assert res["rm_mounted"]  # the reward model shares the policy's base: PPO mounted it
     assert all(math.isfinite(res[k]) for k in ("oracle_before", "oracle_after"))
+    words = res["caption_words_before_after"]
+    assert len(words) == 2 and all(0 <= w <= 32 for w in words)  # at most max_new_tokens words
     assert set(res["base_caption_loss"]) == {"matched_images", "shuffled_images"}
     # Unseen scenes: the ids after the demo base's 2,000 SFT scenes (its backbone here; the 16
     # pair scenes are among them); every pair of theirs is scored or counted as a tie.

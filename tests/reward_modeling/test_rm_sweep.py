@@ -50,6 +50,8 @@ def test_deadline_keeps_what_finished_and_names_the_rest(tiny_vlm_dir, tmp_path)
     runs = {r["name"]: r for r in json.loads((tmp_path / "s.json").read_text())["runs"]}
     assert runs["a"]["status"] == "stopped at the deadline" and "final" not in runs["a"]
     assert runs["b"]["status"] == "not started (deadline)"
+    again = _sweep(tmp_path, "--backbone", tiny_vlm_dir("llava"), "--run", "a:batch=8")
+    assert again.returncode != 0 and "exists and is not empty" in again.stderr  # histories would mix
 
 
 @pytest.mark.parametrize("run, message", [

@@ -72,7 +72,7 @@ class DemoSettings:
     rm_likelihood: bool = True  # RewardModelConfig.likelihood_term
     rm_pooling: str = "last+mean+sum"  # RewardModelConfig.pooling: what the heads read
     # 6 epochs of 64 pairs at 1e-3 (held-out 0.882; 0.880 on an H200) beat 3 of 16 at 7e-4 (0.871): with
-    # 16 pairs a step, 1e-3 held for 4 epochs broke training down; 64 keep it stable, and the
+    # 16 pairs a step, a 4-epoch schedule at 1e-3 broke training down; 64 keep it stable, and a
     # step costs the same per pair on a CPU (docs/preference.md, tenth session).
     rm_epochs: float = 6.0
     rm_learning_rate: float = 1e-3

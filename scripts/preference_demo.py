@@ -81,7 +81,9 @@ class DemoSettings:
     # The learned reward can be over-optimised: at KL coefficient 0.02 the greedy captions turn
     # into lists ("... and a little green triangle and a little green triangle and") within 60
     # iterations. At 0.1 they stay sentences while the oracle score still rises through 100
-    # iterations (docs/preference.md, tenth session).
+    # iterations, but with the 0.882 reward model 42 of 100 become "one", which the oracle's
+    # formula scores above a detailed caption with one wrong attribute (docs/preference.md,
+    # tenth session; short_captions_before_after in OUT).
     ppo_steps: int = 100
     ppo_batch_size: int = 16  # x ppo_grad_accum samples per iteration
     ppo_grad_accum: int = 2
@@ -371,8 +373,10 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
         "rm_mounted": rm_base == base,
         "oracle_before": before,
         "oracle_after": after,
-        # Longer greedy captions after PPO are the first sign of the reward being gamed by lists.
+        # Where the reward is gamed it shows in the greedy captions' length first: run-on lists
+        # (more words) or a bare count such as "one" (captions of at most 2 words).
         "caption_words_before_after": [mean_words(before_texts), mean_words(after_texts)],
+        "short_captions_before_after": [sum(len(t.split()) <= 2 for t in texts) for texts in (before_texts, after_texts)],
         "base_caption_loss": base_loss,
         "pairs": pair_summary["pairs"],
         "labels": counts,

@@ -56,6 +56,10 @@ def test_preference_demo_reduced(tmp_path):
     assert all(math.isfinite(res[k]) for k in ("oracle_before", "oracle_after"))
     words = res["caption_words_before_after"]
     assert len(words) == 2 and all(0 <= w <= 32 for w in words)  # at most max_new_tokens words
+    short = res["short_captions_before_after"]
+    assert len(short) == 2 and all(0 <= n <= 16 for n in short)  # of the 16 eval scenes
+    for n, side in zip(short, ("before", "after")):  # the 5 kept samples are among the counted captions
+        assert sum(len(c[side].split()) <= 2 for c in res["sample_captions"]) <= n
     assert set(res["base_caption_loss"]) == {"matched_images", "shuffled_images"}
     # Unseen scenes: the ids after the demo base's 2,000 SFT scenes (its backbone here; the 16
     # pair scenes are among them); every pair of theirs is scored or counted as a tie.

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import runpy
 import subprocess
 import sys
 import time
@@ -32,7 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = {"batch": int, "epochs": float, "lr": float, "r": int, "sched": str, "heads": int, "pooling": str}
-DEFAULTS = {"batch": 64, "epochs": 6.0, "lr": 1e-3, "r": 32, "sched": "linear", "heads": 1, "pooling": "last+mean+sum"}
+# The preference demo's reward-model settings are the defaults, so a sweep starts from what it runs.
+DEMO = runpy.run_path(str(ROOT / "scripts" / "preference_demo.py"), run_name="preference_demo")["DemoSettings"]()
+DEFAULTS = {"batch": DEMO.rm_batch_size, "epochs": DEMO.rm_epochs, "lr": DEMO.rm_learning_rate, "r": DEMO.rm_lora_r,
+            "sched": "linear", "heads": 1, "pooling": DEMO.rm_pooling}
 
 
 def parse_run(text: str) -> tuple[str, dict]:
@@ -68,7 +72,7 @@ def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fractio
         lr_scheduler_type=settings["sched"], per_device_train_batch_size=settings["batch"],
         per_device_eval_batch_size=64, num_heads=settings["heads"], pooling=settings["pooling"],
         logging_steps=max(1, steps_per_epoch // 10), eval_steps=steps_per_epoch, seed=seed,
-        max_completion_length=64, likelihood_term=True, eval_shuffled_images=False,
+        max_completion_length=64, likelihood_term=DEMO.rm_likelihood, eval_shuffled_images=False,
         dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0, report_to="none",
         use_cpu=not torch.cuda.is_available())
     trainer = RewardModelTrainer(backbone, args=args, train_dataset=train, eval_dataset=held_out,
@@ -102,7 +106,7 @@ def main() -> None:
     p.add_argument("--run", action="append", default=[], help="NAME:key=value,... (repeat); keys: "
                    + ", ".join(f"{k} (default {v})" for k, v in DEFAULTS.items()))
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--eval_fraction", type=float, default=0.15)
+    p.add_argument("--eval_fraction", type=float, default=DEMO.eval_fraction)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="collating processes per run (0: collate in the run)")
     p.add_argument("--parallel", type=int, help="runs at once (default: all on a GPU, 1 on a CPU)")

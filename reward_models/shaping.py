@@ -128,13 +128,20 @@ class AttributeReward:
     canonical keys of `reward_models.scene_vocab`), ``num_objects`` and ``relation`` ("" or a key
     of ``scene_vocab.RELATIONS``: object 0 relative to object 1).
 
-    Score = recall - error rate, where
-      - recall = the fraction of the scene's true attributes the caption names (any synonym):
-        every object's shape, color, size and position, the object count, and the relation when
-        there is one (a caption saying "above" for a "below" scene is wrong, so the relation is
-        scored like the other attributes);
-      - error rate = the fraction of the distinct attribute values the caption names that are not
-        in the scene (e.g. "green" when no object is green, "two" for a one-object scene).
+    The true attributes are every object's shape, color, size and position, the object count,
+    and the relation when there is one (a caption saying "above" for a "below" scene is wrong, so
+    the relation is scored like the other attributes). A claim is a distinct attribute value the
+    caption names; a wrong claim names a value that is not in the scene (e.g. "green" when no
+    object is green, "two" for a one-object scene). Two scorings (``scoring``):
+      - "recall_minus_error_share" (default): the fraction of the true attributes named minus
+        the fraction of the claims that are wrong. A caption making few claims keeps its error
+        share low: "one" scores 0.2 on a one-object scene, above "a big red circle at the top"
+        with the size and the position wrong (0.6 - 0.5).
+      - "net_correct": (true attributes named - wrong claims) / true attributes, at least -1:
+        negative marking. It ranks captions by how many attributes they name correctly, every
+        wrong claim cancelling a right one, so guessing among three or more values loses in
+        expectation and a short caption gains nothing from making few claims ("one": 0.2, the
+        caption above: 0.2, "a red circle": 0.6).
     Matching is bag-of-words: a value named once covers every object that has it; attributes
     are not bound to objects.
 
@@ -144,8 +151,13 @@ class AttributeReward:
     word does; "a"/"an" never count as a wrong count (a two-object caption says "a red circle").
     """
 
-    def __init__(self, name: str = "attribute"):
+    SCORINGS = ("recall_minus_error_share", "net_correct")
+
+    def __init__(self, name: str = "attribute", scoring: str = "recall_minus_error_share"):
+        if scoring not in self.SCORINGS:
+            raise ValueError(f"reward {name!r}: scoring={scoring!r} is not one of {self.SCORINGS}")
         self.__name__ = name
+        self.scoring = scoring
         self._phrases = _phrase_table()
         self._max_len = max(len(p) for p in self._phrases)
 
@@ -216,6 +228,8 @@ class AttributeReward:
         # articles are not claims about the count: only explicit count words can be wrong
         claims = {(a, v) for a, v in named if a != "count"} | {("count", v) for v in explicit_counts}
         wrong = len(claims - truth)
+        if self.scoring == "net_correct":
+            return max(-1.0, (correct - wrong) / len(truth))
         recall = correct / len(truth)
         error = wrong / len(claims) if claims else 0.0
         return recall - error

@@ -9,8 +9,9 @@
 2. Labels: a real `mmft label serve` server runs in a subprocess on 127.0.0.1; the oracle
    labeler gets a token (`mmft label add-labeler`) and labels every pair through the JSON
    API (GET /api/next, POST /api/label), preferring the caption that names more of the
-   scene's true attributes correctly (reward_models.AttributeReward: recall of the true
-   attributes minus the share of named attributes that are wrong); equal scores are "tie".
+   scene's true attributes correctly (reward_models.AttributeReward, `--oracle_scoring`:
+   by default net_correct, the true attributes named minus the wrong claims, so a wrong
+   claim cancels a right one); equal scores are "tie".
 3. Export: `mmft label export` writes the preference dataset (ties are not rows).
 4. Reward model: Bradley-Terry on the export, LoRA + a scalar head with the likelihood
    term (RewardModelConfig.likelihood_term) on its backbone: the demo base's SFT recipe run
@@ -27,13 +28,16 @@
 5. PPO: the demo base with LoRA policy and critic adapters, the learned reward
    (reward_models.LearnedReward on the saved folder) as the only reward; mounted on the
    policy's base (mount_reward_models) when the reward model shares it.
-6. Oracle accuracy (mean AttributeReward) of greedy captions on held-out test scenes,
-   before and after PPO.
+6. Oracle accuracy (mean AttributeReward with the oracle's scoring) of greedy captions on
+   held-out test scenes, before and after PPO; `oracle_scores_before_after` has them under
+   every scoring (recall_minus_error_share: the oracle until the eleventh session).
 Also recorded: the base's caption loss on test scenes with matched and with shuffled
 images (`base_caption_loss`): equal values mean the base ignores the image.
 
 OUT (--json) holds rm_accuracy, oracle_before, oracle_after, the settings and the time of
-every stage. Departure from a human study: the oracle sees the scene's ground-truth
+every stage. `--reward_model WORK_DIR/reward_model` runs the PPO stage alone on an earlier
+run's reward model (its held-out figures read from the folder), e.g. at another
+`--ppo_kl_coef` or `--seed`. Departure from a human study: the oracle sees the scene's ground-truth
 attributes (pair metadata) instead of the image, so labels are noiseless.
 """
 
@@ -91,6 +95,11 @@ class DemoSettings:
     ppo_learning_rate: float = 1e-3
     ppo_kl_coef: float = 0.1
     num_eval_scenes: int = 100  # held-out test scenes for the oracle accuracy
+    # How the oracle scores a caption (reward_models.AttributeReward.SCORINGS). net_correct counts
+    # the true attributes named minus the wrong claims. The earlier recall_minus_error_share rated
+    # "one" above a detailed caption with two wrong attributes, and PPO found that: 42 of 100
+    # greedy captions became "one" (docs/preference.md, tenth session).
+    oracle_scoring: str = "net_correct"
     # Scenes that neither the reward model's pairs nor its backbone's SFT saw (the ids after
     # both): their pairs, labelled by the oracle, give rm_accuracy_unseen_scenes (0: skip).
     num_unseen_scenes: int = 2000
@@ -150,13 +159,10 @@ def oracle_choice(oracle, caption_a: str, caption_b: str, scene: dict) -> str:
     return "A" if a > b else "B" if b > a else "tie"
 
 
-def label_over_http(url: str, token: str, scenes: dict[str, dict]) -> dict[str, int]:
+def label_over_http(url: str, token: str, scenes: dict[str, dict], oracle) -> dict[str, int]:
     """The scripted labeler: next pair, judge, submit, until the server says done."""
     import httpx
 
-    from reward_models import AttributeReward
-
-    oracle = AttributeReward()
     counts = {"A": 0, "B": 0, "tie": 0}
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0) as client:
         while True:
@@ -170,15 +176,18 @@ def label_over_http(url: str, token: str, scenes: dict[str, dict]) -> dict[str, 
             counts[choice] += 1
 
 
-def oracle_accuracy(trainer, dataset) -> tuple[float, list[str]]:
-    """Mean AttributeReward of greedy captions on `dataset` (and the captions)."""
+def oracle_scores(trainer, dataset) -> tuple[dict[str, float], list[str]]:
+    """Mean AttributeReward of greedy captions on `dataset` under every scoring (and the captions)."""
     from reward_models import AttributeReward
 
     indices, texts = trainer.generate_captions(dataset)
-    oracle = AttributeReward()
-    scores = [oracle.score_one(t, dataset[i]["objects"], dataset[i]["num_objects"], dataset[i]["relation"])
-              for i, t in zip(indices, texts)]
-    return sum(scores) / len(scores), texts
+    means = {}
+    for scoring in AttributeReward.SCORINGS:
+        oracle = AttributeReward(scoring=scoring)
+        scores = [oracle.score_one(t, dataset[i]["objects"], dataset[i]["num_objects"], dataset[i]["relation"])
+                  for i, t in zip(indices, texts)]
+        means[scoring] = sum(scores) / len(scores)
+    return means, texts
 
 
 def mean_words(texts: list[str]) -> float:
@@ -214,12 +223,9 @@ def image_sensitivity(base: str, num_scenes: int = 32) -> dict[str, float]:
     return {"matched_images": loss(rows), "shuffled_images": loss(rows[1:] + rows[:1])}
 
 
-def accuracy_by_oracle_margin(trainer, held_out, scenes: dict[str, dict]) -> dict[str, dict]:
+def accuracy_by_oracle_margin(trainer, held_out, scenes: dict[str, dict], oracle) -> dict[str, dict]:
     """Held-out accuracy of the reward model by how far apart the oracle scored the two
     captions (|score_A - score_B|): near-equal pairs are the hard ones for any model."""
-    from reward_models import AttributeReward
-
-    oracle = AttributeReward()
     pred = trainer.predict(held_out)
     correct = (pred["chosen"].mean(-1) > pred["rejected"].mean(-1)).float().tolist()
     buckets: dict[str, list[float]] = {}
@@ -253,7 +259,7 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
     make_pairs(path, model=base, num_images=s.num_unseen_scenes, offset=offset,
                samples_per_image=s.samples_per_image, pairs_per_image=s.pairs_per_image,
                temperature=s.pair_temperature, batch_size=64, seed=s.seed + 1)
-    oracle = AttributeReward()
+    oracle = AttributeReward(scoring=s.oracle_scoring)
     prompts, chosen, rejected, images, ties = [], [], [], [], 0
     for pair in load_pairs(path):
         choice = oracle_choice(oracle, pair.caption_a, pair.caption_b, pair.metadata)
@@ -274,22 +280,13 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
             "scenes": s.num_unseen_scenes}
 
 
-def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
-    import torch
-
-    from mmft import PPOConfig, PPOTrainer
-    from mmft.data.synthetic import load_synthetic_captions
+def preference_stages(work: Path, s: DemoSettings, base: str, oracle, min_rm_accuracy: float,
+                      timings: dict[str, float]) -> tuple[Path, str, dict]:
+    """Stages 1-4 (and the unseen scenes): the reward-model folder, its backbone, OUT's fields."""
     from mmft.demo import DemoBaseSpec, build_demo_base
     from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
     from mmft.reward_modeling.data import held_out_split, load_preferences
     from mmft.rl_trainer import default_lora_config
-    from reward_models.learned import LearnedReward
-
-    timings: dict[str, float] = {}
-    t = time.time()
-    base = str(build_demo_base())
-    timings["demo_base_s"] = time.time() - t
-    base_loss = image_sensitivity(base)
 
     # 1. Pairs from the demo base.
     t = time.time()
@@ -307,7 +304,7 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
     token = label_cli("add-labeler", "oracle", "--db", str(db)).stdout.strip()
     server = Server(pairs, db)
     try:
-        counts = label_over_http(server.url, token, scenes)
+        counts = label_over_http(server.url, token, scenes, oracle)
     finally:
         server.stop()
     timings["labelling_s"] = time.time() - t
@@ -336,7 +333,7 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
     rm_trainer.train()
     rm_trainer.save_model()
     rm_metrics = rm_trainer.info.metrics
-    rm_by_margin = accuracy_by_oracle_margin(rm_trainer, held_out, scenes)
+    rm_by_margin = accuracy_by_oracle_margin(rm_trainer, held_out, scenes, oracle)
     del rm_trainer
     timings["reward_model_s"] = time.time() - t
     unseen = None
@@ -347,6 +344,53 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
     if rm_metrics["eval/accuracy"] < min_rm_accuracy:
         logging.warning("reward model held-out accuracy %.3f is under %.2f", rm_metrics["eval/accuracy"],
                         min_rm_accuracy)
+    return rm_dir, rm_base, {
+        "rm_accuracy": rm_metrics["eval/accuracy"],
+        "rm_accuracy_shuffled_images": rm_metrics.get("eval/accuracy_shuffled_images"),
+        "rm_accuracy_by_oracle_margin": rm_by_margin,
+        "rm_margin": rm_metrics["eval/margin"],
+        "rm_accuracy_unseen_scenes": unseen,
+        "pairs": pair_summary["pairs"],
+        "labels": counts,
+        "train_pairs": len(train),
+        "held_out_pairs": len(held_out),
+    }
+
+
+def saved_reward_model(path: Path) -> tuple[Path, str, dict]:
+    """`--reward_model`: an earlier run's reward-model folder instead of stages 1-4; its
+    held-out figures come from the folder's reward_config.json."""
+    from mmft.reward_modeling.model import read_info
+
+    info = read_info(path)
+    return path, info.base_model_name_or_path, {
+        "reward_model_reused": str(path),
+        "rm_accuracy": info.metrics.get("eval/accuracy"),
+        "rm_accuracy_shuffled_images": info.metrics.get("eval/accuracy_shuffled_images"),
+        "rm_margin": info.metrics.get("eval/margin"),
+    }
+
+
+def run(work: Path, s: DemoSettings, min_rm_accuracy: float, reward_model: Path | None = None) -> dict:
+    import torch
+
+    from mmft import PPOConfig, PPOTrainer
+    from mmft.data.synthetic import load_synthetic_captions
+    from mmft.demo import build_demo_base
+    from mmft.rl_trainer import default_lora_config
+    from reward_models import AttributeReward
+    from reward_models.learned import LearnedReward
+
+    oracle = AttributeReward(scoring=s.oracle_scoring)
+    timings: dict[str, float] = {}
+    t = time.time()
+    base = str(build_demo_base())
+    timings["demo_base_s"] = time.time() - t
+    base_loss = image_sensitivity(base)
+    if reward_model is None:
+        rm_dir, rm_base, rm_fields = preference_stages(work, s, base, oracle, min_rm_accuracy, timings)
+    else:
+        rm_dir, rm_base, rm_fields = saved_reward_model(reward_model)
 
     # 5-6. PPO with the learned reward; oracle accuracy of greedy captions before and after.
     t = time.time()
@@ -358,30 +402,24 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float) -> dict:
     test_scenes = load_synthetic_captions("test", s.num_eval_scenes)
     ppo = PPOTrainer(base, args=ppo_args, reward_funcs=[LearnedReward(rm_dir, name="learned")],
                      train_dataset=load_synthetic_captions("train"), peft_config=default_lora_config("language", 16, 32))
-    before, before_texts = oracle_accuracy(ppo, test_scenes)
+    before, before_texts = oracle_scores(ppo, test_scenes)
     history = ppo.train()
-    after, after_texts = oracle_accuracy(ppo, test_scenes)
+    after, after_texts = oracle_scores(ppo, test_scenes)
     timings["ppo_s"] = time.time() - t
 
     return {
-        "rm_accuracy": rm_metrics["eval/accuracy"],
-        "rm_accuracy_shuffled_images": rm_metrics.get("eval/accuracy_shuffled_images"),
-        "rm_accuracy_by_oracle_margin": rm_by_margin,
-        "rm_margin": rm_metrics["eval/margin"],
-        "rm_accuracy_unseen_scenes": unseen,
+        **rm_fields,
         "rm_backbone": rm_base,
         "rm_mounted": rm_base == base,
-        "oracle_before": before,
-        "oracle_after": after,
+        "oracle_scoring": s.oracle_scoring,
+        "oracle_before": before[s.oracle_scoring],
+        "oracle_after": after[s.oracle_scoring],
+        "oracle_scores_before_after": {k: [before[k], after[k]] for k in before},
         # Where the reward is gamed it shows in the greedy captions' length first: run-on lists
         # (more words) or a bare count such as "one" (captions of at most 2 words).
         "caption_words_before_after": [mean_words(before_texts), mean_words(after_texts)],
         "short_captions_before_after": [sum(len(t.split()) <= 2 for t in texts) for texts in (before_texts, after_texts)],
         "base_caption_loss": base_loss,
-        "pairs": pair_summary["pairs"],
-        "labels": counts,
-        "train_pairs": len(train),
-        "held_out_pairs": len(held_out),
         "learned_reward_first_last": [history[0].get("rewards/learned"), history[-1].get("rewards/learned")],
         "sample_captions": [{"before": b, "after": a, "objects": test_scenes[i]["objects"]}
                             for i, (b, a) in enumerate(zip(before_texts[:5], after_texts[:5]))],
@@ -396,6 +434,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--work_dir", default=None, help="pairs, labels, export, models (default: beside --json)")
     p.add_argument("--min_rm_accuracy", type=float, default=0.9, help="held-out accuracy the reward model must reach")
+    p.add_argument("--reward_model", type=Path, default=None,
+                   help="an earlier run's reward-model folder (WORK_DIR/reward_model): skip the pairs, labels and "
+                        "reward-model training, and run the PPO stage with it (e.g. at another --ppo_kl_coef)")
     for name, value in asdict(DemoSettings()).items():
         kind = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
         p.add_argument(f"--{name}", type=kind, default=value, help=f"(default {value})")
@@ -409,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"{work} is not empty; remove it or pass another --work_dir.")
     work.mkdir(parents=True, exist_ok=True)
     t = time.time()
-    results = run(work, settings, args.min_rm_accuracy)
+    results = run(work, settings, args.min_rm_accuracy, args.reward_model)
     results["total_s"] = time.time() - t
     results["command"] = " ".join(["python", "scripts/preference_demo.py", *(sys.argv[1:] if argv is None else argv)])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,9 @@ def test_make_pairs_writes_a_valid_pairs_file(tiny_vlm_dir, tmp_path):
 def test_preference_demo_reduced(tmp_path):
     """The whole loop on a few dozen pairs, several per scene (builds the demo base model on first use)."""
     from mmft.label.pairs import load_pairs
+    from mmft.reward_modeling.data import load_preferences
+    from reward_models import AttributeReward
+    from reward_models._text import completion_to_text
 
     out = tmp_path / "demo.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -54,6 +57,21 @@ def test_preference_demo_reduced(tmp_path):
     assert sum(b["pairs"] for b in res["rm_accuracy_by_oracle_margin"].values()) == res["held_out_pairs"]
     assert res["rm_mounted"]  # the reward model shares the policy's base: PPO mounted it
     assert all(math.isfinite(res[k]) for k in ("oracle_before", "oracle_after"))
+    # The oracle labels by net_correct (the default); OUT also scores the captions the old way.
+    scores = res["oracle_scores_before_after"]
+    assert res["oracle_scoring"] == "net_correct" and set(scores) == set(AttributeReward.SCORINGS)
+    assert scores["net_correct"] == [res["oracle_before"], res["oracle_after"]]
+    oracle = AttributeReward(scoring="net_correct")
+    pairs = {p.pair_id: p for p in load_pairs(tmp_path / "demo_work" / "pairs" / "pairs.jsonl")}
+
+    def net(caption, pair):  # caption: a string or the export's assistant message list
+        return oracle.score_one(completion_to_text(caption), pair.metadata["objects"], pair.metadata["num_objects"],
+                                pair.metadata["relation"])
+
+    export = load_preferences(tmp_path / "demo_work" / "prefs")
+    for row in export:  # every exported label is the net_correct oracle's choice
+        assert net(row["chosen"], pairs[row["pair_id"]]) > net(row["rejected"], pairs[row["pair_id"]])
+    assert res["labels"]["tie"] == sum(net(p.caption_a, p) == net(p.caption_b, p) for p in pairs.values())
     words = res["caption_words_before_after"]
     assert len(words) == 2 and all(0 <= w <= 32 for w in words)  # at most max_new_tokens words
     short = res["short_captions_before_after"]
@@ -68,3 +86,15 @@ def test_preference_demo_reduced(tmp_path):
     assert unseen["first_scene"] == 2000
     assert {p.metadata["scene_id"] for p in unseen_pairs} == set(range(2000, 2006))
     assert unseen["pairs"] + unseen["ties"] == len(unseen_pairs) and 0.0 <= unseen["accuracy"] <= 1.0
+
+    # The PPO stage alone on the saved reward model (--reward_model), at another KL coefficient.
+    again = tmp_path / "again.json"
+    subprocess.run([sys.executable, "scripts/preference_demo.py", "--json", str(again), "--reward_model",
+                    str(tmp_path / "demo_work" / "reward_model"), "--ppo_steps", "1", "--ppo_batch_size", "8",
+                    "--ppo_kl_coef", "0.3", "--num_eval_scenes", "16"], cwd=ROOT, env=env, check=True, timeout=600)
+    res2 = json.loads(again.read_text())
+    assert res2["reward_model_reused"] == str(tmp_path / "demo_work" / "reward_model")
+    assert res2["rm_accuracy"] == res["rm_accuracy"] and res2["rm_mounted"]  # read from the folder
+    assert res2["oracle_before"] == res["oracle_before"]  # the same base's greedy captions
+    assert res2["settings"]["ppo_kl_coef"] == 0.3 and "make_pairs_s" not in res2["timings_s"]
+    assert sorted(p.name for p in (tmp_path / "again_work").iterdir()) == ["ppo"]  # no pairs, labels or model

@@ -64,6 +64,32 @@ def test_attribute_reward_count_one_rule_and_word_boundaries():
     assert reward.named("bigger reddish abox") == set()
 
 
+def test_attribute_reward_net_correct_scoring():
+    share, net = AttributeReward(), AttributeReward(scoring="net_correct")
+    # ONE is a large orange diamond in the center: 5 true attributes with the count
+    detailed = "a small orange diamond at the top"  # orange, diamond, count (article) right; small, top wrong
+    assert share.score_one("one", ONE, 1, "") == pytest.approx(1 / 5)  # 1 of 5 named, no wrong claim
+    assert share.score_one(detailed, ONE, 1, "") == pytest.approx(3 / 5 - 2 / 4)  # below "one"
+    assert net.score_one("one", ONE, 1, "") == pytest.approx(1 / 5)
+    assert net.score_one(detailed, ONE, 1, "") == pytest.approx((3 - 2) / 5)  # ties "one"
+    assert net.score_one("a orange diamond", ONE, 1, "") == pytest.approx(3 / 5)  # above both
+    assert net.score_one("a big orange diamond in the middle", ONE, 1, "") == 1.0
+    # "two" is a wrong count and the article no longer names count 1: 4 right, 1 wrong
+    assert net.score_one("two big orange diamonds in the center", ONE, 1, "") == pytest.approx(3 / 5)
+    # TWO: 10 true attributes; 7 named by the synonyms below, none wrong
+    assert net.score_one("A tiny red disk left of a big blue square.", TWO, 2, "left of") == pytest.approx(0.7)
+    # a list of guesses: 4 right (red, circle, blue, square), 6 wrong (green, yellow, triangle,
+    # diamond, three, above); the shares score it 0.4 - 0.6, net marking (4 - 6) / 10
+    spam = "three red green blue yellow circles squares triangles diamonds above"
+    assert share.score_one(spam, TWO, 2, "left of") == pytest.approx(0.4 - 0.6)
+    assert net.score_one(spam, TWO, 2, "left of") == pytest.approx(-0.2)
+    # floored at -1: nothing right, every claim wrong
+    assert net.score_one("three small green yellow purple triangles above", ONE, 1, "") == -1.0
+    assert net(completions=["one", detailed], objects=[ONE, ONE], num_objects=[1, 1]) == [
+        pytest.approx(0.2), pytest.approx(0.2)]
+    with pytest.raises(ValueError, match="scoring='f1' is not one of"):
+        AttributeReward(scoring="f1")
+
 def test_attribute_reward_contract_and_errors():
     reward = AttributeReward()
     out = reward(

@@ -85,9 +85,10 @@ class DemoSettings:
     # The learned reward can be over-optimised: at KL coefficient 0.02 the greedy captions turn
     # into lists ("... and a little green triangle and a little green triangle and") within 60
     # iterations. At 0.1 they stay sentences while the oracle score still rises through 100
-    # iterations, but with the 0.882 reward model 42 of 100 become "one", which the oracle's
-    # formula scores above a detailed caption with one wrong attribute (docs/preference.md,
-    # tenth session; short_captions_before_after in OUT).
+    # iterations, but with the 0.882 reward model of the earlier oracle (recall minus error
+    # share) 42 of 100 became "one", which that formula scored above a detailed caption with two
+    # wrong attributes; at 0.3 none did (docs/preference.md, tenth session; the oracle is
+    # net_correct since; short_captions_before_after in OUT).
     ppo_steps: int = 100
     ppo_batch_size: int = 16  # x ppo_grad_accum samples per iteration
     ppo_grad_accum: int = 2

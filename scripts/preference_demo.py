@@ -241,7 +241,7 @@ def accuracy_by_oracle_margin(trainer, held_out, scenes: dict[str, dict], oracle
     return {k: {"accuracy": sum(buckets[k]) / len(buckets[k]), "pairs": len(buckets[k])} for k in order if k in buckets}
 
 
-def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: DemoSettings) -> dict:
+def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: DemoSettings, oracle) -> dict:
     """The saved reward model (`LearnedReward`, as PPO loads it) on pairs from scenes after
     every id that its pairs and its backbone trained on, labelled by the oracle directly
     (ties dropped, counted): does it judge new images, or recall the ones it saw?"""
@@ -251,7 +251,6 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
     from mmft.demo import DemoBaseSpec
     from mmft.label.pairs import load_pairs
     from mmft.reward_modeling.core import pair_accuracy
-    from reward_models import AttributeReward
     from reward_models.learned import LearnedReward
 
     backbone_scenes = s.rm_backbone_scenes if s.rm_backbone_steps > 0 else DemoBaseSpec().num_scenes
@@ -260,7 +259,6 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
     make_pairs(path, model=base, num_images=s.num_unseen_scenes, offset=offset,
                samples_per_image=s.samples_per_image, pairs_per_image=s.pairs_per_image,
                temperature=s.pair_temperature, batch_size=64, seed=s.seed + 1)
-    oracle = AttributeReward(scoring=s.oracle_scoring)
     prompts, chosen, rejected, images, ties = [], [], [], [], 0
     for pair in load_pairs(path):
         choice = oracle_choice(oracle, pair.caption_a, pair.caption_b, pair.metadata)
@@ -340,7 +338,7 @@ def preference_stages(work: Path, s: DemoSettings, base: str, oracle, min_rm_acc
     unseen = None
     if s.num_unseen_scenes > 0:
         t = time.time()
-        unseen = unseen_scene_accuracy(make_pairs, base, rm_dir, work, s)
+        unseen = unseen_scene_accuracy(make_pairs, base, rm_dir, work, s, oracle)
         timings["unseen_scenes_s"] = time.time() - t
     if rm_metrics["eval/accuracy"] < min_rm_accuracy:
         logging.warning("reward model held-out accuracy %.3f is under %.2f", rm_metrics["eval/accuracy"],

@@ -82,6 +82,9 @@ class DemoSettings:
     rm_learning_rate: float = 1e-3
     rm_batch_size: int = 64
     rm_lora_r: int = 32
+    # Batches of whole scenes (RewardModelConfig.group_by_image): a scene's 4 captions are scored
+    # once for its up to 6 pairs, about a third of the sequences of scattered pairs.
+    rm_group_by_image: bool = True
     # The learned reward can be over-optimised: at KL coefficient 0.02 the greedy captions turn
     # into lists ("... and a little green triangle and a little green triangle and") within 60
     # iterations. At 0.1 they stay sentences while the oracle score still rises through 100
@@ -326,7 +329,7 @@ def preference_stages(work: Path, s: DemoSettings, base: str, oracle, min_rm_acc
     rm_args = RewardModelConfig(output_dir=str(rm_dir), num_train_epochs=s.rm_epochs, learning_rate=s.rm_learning_rate,
                                 per_device_train_batch_size=s.rm_batch_size, logging_steps=20, seed=s.seed,
                                 max_completion_length=64, likelihood_term=s.rm_likelihood,
-                                pooling=s.rm_pooling)
+                                pooling=s.rm_pooling, group_by_image=s.rm_group_by_image)
     rm_trainer = RewardModelTrainer(rm_base, args=rm_args, train_dataset=train, eval_dataset=held_out,
                                     peft_config=default_lora_config("language", s.rm_lora_r, 2 * s.rm_lora_r))
     rm_trainer.train()

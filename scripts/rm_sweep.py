@@ -7,7 +7,8 @@ EXPORT is a preference dataset (`mmft label export`; the preference demo writes 
 `<json stem>_work/prefs`), MODEL the reward model's backbone. Every run trains with
 `RewardModelTrainer` on the same split (`--eval_fraction` held out by pair and image, as
 the demo does) and evaluates after each epoch. A run's keys: batch, epochs, lr, r (LoRA
-rank; alpha 2r), sched (a transformers scheduler name), heads, pooling. The rest are the
+rank; alpha 2r), sched (a transformers scheduler name), heads, pooling, group (1: batches of
+whole images, `group_by_image`). The rest are the
 demo's reward-model settings (likelihood term, 64 response tokens, seed).
 
 On a GPU all runs start at once (`--parallel`, default: all of them; with several GPUs
@@ -32,11 +33,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_KEYS = {"batch": int, "epochs": float, "lr": float, "r": int, "sched": str, "heads": int, "pooling": str}
+RUN_KEYS = {"batch": int, "epochs": float, "lr": float, "r": int, "sched": str, "heads": int, "pooling": str,
+            "group": int}
 # The preference demo's reward-model settings are the defaults, so a sweep starts from what it runs.
 DEMO = runpy.run_path(str(ROOT / "scripts" / "preference_demo.py"), run_name="preference_demo")["DemoSettings"]()
 DEFAULTS = {"batch": DEMO.rm_batch_size, "epochs": DEMO.rm_epochs, "lr": DEMO.rm_learning_rate, "r": DEMO.rm_lora_r,
-            "sched": "linear", "heads": 1, "pooling": DEMO.rm_pooling}
+            "sched": "linear", "heads": 1, "pooling": DEMO.rm_pooling, "group": int(DEMO.rm_group_by_image)}
 
 
 def parse_run(text: str) -> tuple[str, dict]:
@@ -71,6 +73,7 @@ def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fractio
         output_dir=str(out), num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
         lr_scheduler_type=settings["sched"], per_device_train_batch_size=settings["batch"],
         per_device_eval_batch_size=64, num_heads=settings["heads"], pooling=settings["pooling"],
+        group_by_image=bool(settings["group"]),
         logging_steps=max(1, steps_per_epoch // 10), eval_steps=steps_per_epoch, seed=seed,
         max_completion_length=64, likelihood_term=DEMO.rm_likelihood, eval_shuffled_images=False,
         dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0, report_to="none",

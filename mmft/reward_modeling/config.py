@@ -58,6 +58,12 @@ class RewardModelConfig(TrainingArguments):
         default=True, metadata={"help": "Also evaluate with the held-out images shuffled among the pairs "
                                         "(eval/accuracy_shuffled_images): near 0.5 when the model judges by the "
                                         "image, near eval/accuracy when it learned text-only preferences."})
+    group_by_image: bool = field(
+        default=False, metadata={"help": "Batch the pairs of one image and prompt together (images in a seeded random "
+                                         "order each epoch). The collator scores each distinct caption of a batch "
+                                         "once, so with the k captions x C(k, 2) pairs per image that make_pairs "
+                                         "writes a step costs k instead of k(k-1) sequences per image; batches "
+                                         "then hold fewer images."})
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off (LoRA too) for deterministic "
                                                                   "rewards."})
 

@@ -1,9 +1,12 @@
-"""Preference data for reward models and DPO: loading and a leak-free held-out split."""
+"""Preference data for reward models and DPO: loading, a leak-free held-out split, and
+batches that keep the pairs of one image together."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import torch
 
 from mmft.data.errors import DataError
 
@@ -62,6 +65,48 @@ def _image_keys(dataset) -> list | None:
 
     keys = [tuple(key(x) for x in (images or [])) for images in raw]
     return None if any(k == () or None in k for k in keys) else keys
+
+
+def pair_keys(dataset) -> list[tuple] | None:
+    """Per row (image identity, prompt as JSON): rows with equal keys pose the same question,
+    so a caption that several of them compare needs scoring only once. None when the images
+    cannot be identified without decoding them (then no row shares anything)."""
+    import json
+
+    images = _image_keys(dataset)
+    if images is None:
+        return None
+    prompts = [json.dumps(p, sort_keys=True, default=str) for p in dataset["prompt"]]
+    return list(zip(images, prompts))
+
+
+class GroupedSampler(torch.utils.data.Sampler):
+    """Every row once per epoch, rows with equal `keys` next to each other: the groups in a
+    seeded random order (a new one each `set_epoch`), the rows of a group shuffled too.
+    Consecutive batches of this order then hold a few images with all their pairs (make_pairs
+    writes up to C(k, 2) pairs of k captions per image), whose captions the reward-model
+    collator scores once each instead of once per pair."""
+
+    def __init__(self, keys: list, seed: int = 0):
+        groups: dict = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        self.groups = list(groups.values())
+        self.num_rows = len(keys)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        for k in torch.randperm(len(self.groups), generator=g).tolist():
+            rows = self.groups[k]
+            yield from (rows[j] for j in torch.randperm(len(rows), generator=g).tolist())
 
 
 def held_out_split(dataset, fraction: float, seed: int = 0):

@@ -326,20 +326,45 @@ class RewardEncoder:
         indices = list(range(len(texts))) if indices is None else list(indices)
         return self.layout(self.prompts(prompts, images, indices), texts)
 
-    def pairs(self, rows: list[dict], indices: list[int]) -> dict[str, Any]:
-        """A preference batch: chosen rows then rejected rows over one prompt encoding [2B, ...]."""
+    def pairs(self, rows: list[dict], indices: list[int], keys: list | None = None) -> dict[str, Any]:
+        """A preference batch of B pairs as U <= 2B distinct sequences.
+
+        `keys[i]` names row i's image(s) and prompt (`data.pair_keys`): rows with equal keys
+        share one prompt encoding, and a caption they share is one sequence, whose reward
+        feeds every pair it is in (the same loss and gradients as scoring it once per
+        pair). Without keys every row is its own prompt. Returns the inputs [U, ...],
+        `chosen_index` and `rejected_index` [B] (each pair's rows among the U), `margin`
+        and `index` [B]."""
         for row, index in zip(rows, indices):
             for column in ("prompt", "chosen", "rejected"):
                 if column not in row:
                     raise DataError(f"Sample {index}: a preference row needs 'prompt', 'chosen' and 'rejected' "
                                     f"(and 'image' or 'images'); it has {sorted(row)}.")
-        prompts = self.prompts([r["prompt"] for r in rows], [row_images(r, i) for r, i in zip(rows, indices)], indices)
-        B = len(prompts)
-        chosen = [completion_text(r["chosen"], i) for r, i in zip(rows, indices)]
-        rejected = [completion_text(r["rejected"], i) for r, i in zip(rows, indices)]
-        inputs, last_index, response_start = self.layout(prompts.select(list(range(B)) * 2), chosen + rejected)
+        keys = list(range(len(rows))) if keys is None else keys
+        prompt_of: dict = {}  # key -> its prompt among the distinct ones
+        first_rows: list[int] = []
+        sequence_of: dict = {}  # (key, text) -> its sequence among the U
+        sequence_prompts: list[int] = []
+        texts: list[str] = []
+        positions: dict[str, list[int]] = {"chosen": [], "rejected": []}
+        for r, (row, index, key) in enumerate(zip(rows, indices, keys)):
+            if key not in prompt_of:
+                prompt_of[key] = len(first_rows)
+                first_rows.append(r)
+            for column in ("chosen", "rejected"):
+                text = completion_text(row[column], index)
+                if (key, text) not in sequence_of:
+                    sequence_of[key, text] = len(texts)
+                    sequence_prompts.append(prompt_of[key])
+                    texts.append(text)
+                positions[column].append(sequence_of[key, text])
+        prompts = self.prompts([rows[r]["prompt"] for r in first_rows],
+                               [row_images(rows[r], indices[r]) for r in first_rows], [indices[r] for r in first_rows])
+        inputs, last_index, response_start = self.layout(prompts.select(sequence_prompts), texts)
         margin = torch.tensor([float(r.get("margin") or 0.0) for r in rows])
         return {"inputs": inputs, "last_index": last_index, "response_start": response_start, "margin": margin,
+                "chosen_index": torch.tensor(positions["chosen"], dtype=torch.long),
+                "rejected_index": torch.tensor(positions["rejected"], dtype=torch.long),
                 "index": torch.tensor(indices, dtype=torch.long)}
 
 

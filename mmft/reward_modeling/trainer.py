@@ -6,8 +6,9 @@ VLM with a LoRA adapter, the vision tower frozen, and K scalar heads on the last
 state at the last valid token (the EOS after the response).
 
 Each optimizer step:
-  1. encode B pairs as 2B sequences (chosen rows then rejected rows, one prompt encoding);
-  2. score them: rewards [2B, K];
+  1. encode B pairs as U <= 2B sequences: a caption that several pairs of one image and
+     prompt compare is one sequence (`group_by_image` batches such pairs together);
+  2. score them: rewards [U, K], then each pair's chosen and rejected rows [B, K];
   3. loss = BT(r_c, r_r, margin; per-head bootstrap weights) + c * mean((r_c + r_r)^2);
   4. backward through accelerate (gradient accumulation, DDP/DeepSpeed), clip, step.
 Held-out pair accuracy and mean reward margin are computed every `eval_steps` and at
@@ -36,6 +37,7 @@ from mmft.models.arch import freeze_vision_tower, text_hidden_size
 from mmft.models.loading import load_processor, load_vlm
 from mmft.reward_modeling import core
 from mmft.reward_modeling.config import RewardModelConfig
+from mmft.reward_modeling.data import GroupedSampler, pair_keys
 from mmft.reward_modeling.model import (
     RewardEncoder,
     RewardModel,
@@ -176,9 +178,16 @@ class RewardModelTrainer:
                                      args.max_prompt_length)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
 
+        # Which rows share an image and prompt (None: the images cannot be told apart unread).
+        self.train_keys = pair_keys(train_dataset)
+        if args.group_by_image and self.train_keys is None:
+            raise DataError("group_by_image needs images the trainer can identify (a file path or bytes per row, "
+                            "as mmft label export writes); set group_by_image=False for this dataset.")
         g = torch.Generator().manual_seed(args.seed)
-        loader = DataLoader(_Indices(len(train_dataset)), batch_size=args.per_device_train_batch_size, shuffle=True,
-                            generator=g, collate_fn=lambda idx: self.collate(train_dataset, idx),
+        order = ({"sampler": GroupedSampler(self.train_keys, args.seed)} if args.group_by_image
+                 else {"shuffle": True, "generator": g})
+        loader = DataLoader(_Indices(len(train_dataset)), batch_size=args.per_device_train_batch_size, **order,
+                            collate_fn=lambda idx: self.collate(train_dataset, idx, keys=self.train_keys),
                             **self.loader_workers())
         # The loader sharded over ranks gives the batches per epoch on this rank.
         steps_per_epoch = max(1, len(self.accelerator.prepare_data_loader(loader))
@@ -203,9 +212,11 @@ class RewardModelTrainer:
             self.accelerator.init_trackers("reward_model")
 
     # ------------------------------------------------------------------ data
-    def collate(self, dataset, indices: list[int], image_from: list[int] | None = None) -> dict:
+    def collate(self, dataset, indices: list[int], image_from: list[int] | None = None, keys: list | None = None
+                ) -> dict:
         """A preference batch of `dataset[indices]`; with `image_from`, row i gets the
-        image(s) of row image_from[i] (the shuffled-image diagnostic)."""
+        image(s) of row image_from[i] (the shuffled-image diagnostic). `keys`: the dataset's
+        `pair_keys`, so that each distinct caption of an image and prompt is scored once."""
         rows = []
         for i in indices:
             try:
@@ -215,7 +226,11 @@ class RewardModelTrainer:
                     rows[-1].update({k: other[k] for k in ("image", "images") if k in other})
             except Exception as err:  # an unreadable image surfaces when the row is decoded
                 raise DataError(f"Sample {i}: could not read this row ({type(err).__name__}: {err}).") from err
-        return self.encoder.pairs(rows, [int(i) for i in indices])
+        indices = [int(i) for i in indices]
+        if keys is not None:
+            # Row i asks about the image of row image_from[i] with its own prompt.
+            keys = [(keys[i if image_from is None else int(image_from[i])][0], keys[i][1]) for i in indices]
+        return self.encoder.pairs(rows, indices, keys)
 
     def loader_workers(self) -> dict:
         """DataLoader arguments for `args.dataloader_num_workers` collating processes.
@@ -251,10 +266,9 @@ class RewardModelTrainer:
                 self.train_loader.set_epoch(epoch)
             for batch in self.train_loader:
                 with self.accelerator.accumulate(self.model):
-                    # 1-2. Chosen rows then rejected rows in one forward: rewards [2B, K].
+                    # 1-2. The batch's distinct captions in one forward: rewards [U, K], then [B, K] each.
                     rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
-                    B = batch["index"].shape[0]
-                    chosen, rejected = rewards[:B], rewards[B:]
+                    chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
                     # 3. Bradley-Terry (+ centring); each head weighs pairs by its bootstrap counts.
                     weights = self.boot[batch["index"].cpu()].to(rewards.device)
                     loss = core.bradley_terry_loss(chosen, rejected, batch["margin"], weights)
@@ -329,17 +343,18 @@ class RewardModelTrainer:
     def predict(self, dataset, image_from: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Rewards of every pair of `dataset`, gathered over ranks, in dataset order:
         `chosen` [N, K], `rejected` [N, K], `index` [N]. `image_from`: see `collate`."""
+        keys = self.train_keys if dataset is self.train_dataset else pair_keys(dataset)
         loader = DataLoader(_Indices(len(dataset)), batch_size=self.args.per_device_eval_batch_size,
-                            collate_fn=lambda idx: self.collate(dataset, idx, image_from), **self.loader_workers())
+                            collate_fn=lambda idx: self.collate(dataset, idx, image_from, keys), **self.loader_workers())
         loader = self.accelerator.prepare_data_loader(loader)
         was_training = self.model.training
         self.model.eval()
         out: dict[str, list] = {"chosen": [], "rejected": [], "index": []}
         for batch in loader:
             rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
-            B = batch["index"].shape[0]
+            chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
             # Gather at the metric boundary only: every rank scored its shard.
-            c, r, i = self.accelerator.gather_for_metrics((rewards[:B], rewards[B:], batch["index"]))
+            c, r, i = self.accelerator.gather_for_metrics((chosen, rejected, batch["index"]))
             out["chosen"].append(c.float().cpu())
             out["rejected"].append(r.float().cpu())
             out["index"].append(i.cpu())

@@ -1,0 +1,119 @@
+"""Pairs that share an image and prompt: the collator scores each distinct caption once
+(the same rewards, loss and gradients as scoring it once per pair), `group_by_image`
+batches such pairs together, and the held-out and shuffled-image paths agree with it."""
+
+import pytest
+import torch
+from conftest import preference_dataset, train_reward_model
+
+from mmft.data.errors import DataError
+from mmft.reward_modeling import core
+from mmft.reward_modeling.data import GroupedSampler, pair_keys
+
+NOISE = " , and some noise noise"
+
+
+def multi_caption_dataset(num_images: int, offset: int = 0):
+    """Four pairs per image over four captions (two references, each also with the noise
+    suffix), in the export format; the caption without the noise is always chosen."""
+    from datasets import Dataset
+
+    from mmft.data.synthetic import load_synthetic_captions
+
+    base = preference_dataset(num_images, offset=offset)
+    rows = {k: [] for k in base.column_names}
+    scenes = load_synthetic_captions("train", num_images + offset)
+    for i in range(num_images):
+        row, refs = base[i], scenes[offset + i]["references"]
+        for a, b in ((0, 0), (1, 1), (0, 1), (1, 0)):  # (clean reference a) over (reference b + noise)
+            for k in base.column_names:
+                rows[k].append(row[k])
+            rows["chosen"][-1] = [{"role": "assistant", "content": refs[a]}]
+            rows["rejected"][-1] = [{"role": "assistant", "content": refs[b] + NOISE}]
+            rows["pair_id"][-1] = f"p{offset + i}-{a}{b}"
+    return Dataset.from_dict(rows, features=base.features)
+
+
+def _trainer(model_dir: str, tmp_path, train, **kwargs):
+    from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
+
+    args = RewardModelConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, seed=0,
+                             likelihood_term=True, pooling="last+mean+sum", **kwargs)
+    return RewardModelTrainer(model_dir, args=args, train_dataset=train)
+
+
+def test_shared_captions_are_scored_once_with_the_same_loss_and_gradients(tiny_vlm_dir, tmp_path):
+    data = multi_caption_dataset(3)
+    keys = pair_keys(data)
+    assert len(set(keys)) == 3 and keys[0] == keys[3] != keys[4]  # one key per image (and prompt)
+    trainer = _trainer(tiny_vlm_dir("llava"), tmp_path, data)
+    model = trainer.unwrapped
+    idx = list(range(12))
+    results = {}
+    for name, batch in (("per_pair", trainer.collate(data, idx)), ("shared", trainer.collate(data, idx, keys=keys))):
+        model.zero_grad(set_to_none=True)
+        rewards = model(batch["inputs"], batch["last_index"], batch["response_start"])
+        chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
+        core.bradley_terry_loss(chosen, rejected).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[name] = (batch["inputs"]["input_ids"].shape[0], chosen.detach(), rejected.detach(), grads)
+    (n_pair, c_pair, r_pair, g_pair), (n_shared, c_shared, r_shared, g_shared) = results["per_pair"], results["shared"]
+    assert (n_pair, n_shared) == (24, 12)  # 12 pairs; 3 images x 4 distinct captions
+    assert torch.allclose(c_pair, c_shared, atol=1e-5) and torch.allclose(r_pair, r_shared, atol=1e-5)
+    assert g_pair.keys() == g_shared.keys() and any("lora_" in n for n in g_pair)
+    for n in g_pair:
+        assert torch.allclose(g_pair[n], g_shared[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_grouped_sampler_keeps_groups_together_in_a_new_order_each_epoch():
+    keys = [k for k in "aabbbcdddd"] + ["e"]
+    sampler = GroupedSampler(keys, seed=3)
+    orders = []
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(len(keys))) and len(sampler) == len(keys)
+        runs = [keys[order[0]]]
+        for i in order[1:]:
+            if keys[i] != runs[-1]:
+                runs.append(keys[i])
+        assert sorted(runs) == sorted(set(keys))  # each group in one run
+        orders.append(order)
+    assert orders[0] != orders[1] and orders[0] == orders[2]
+    assert list(GroupedSampler(keys, seed=3)) == orders[0]
+
+
+def test_group_by_image_batches_whole_images_and_learns(tiny_vlm_dir, tmp_path):
+    trainer = train_reward_model(tiny_vlm_dir("llava"), str(tmp_path), multi_caption_dataset(12),
+                                 eval_dataset=preference_dataset(16, offset=200), max_steps=12,
+                                 per_device_train_batch_size=8, group_by_image=True, eval_shuffled_images=False)
+    assert trainer.info.metrics["eval/accuracy"] >= 0.9
+    for batch in trainer.train_loader:
+        # 8 pairs = two whole images (48 pairs, 4 per image): 8 captions to score, not 16.
+        assert batch["inputs"]["input_ids"].shape[0] == 8
+        assert len(set(trainer.train_keys[i] for i in batch["index"].tolist())) == 2
+
+
+def test_shuffled_images_with_shared_captions_match_the_moved_images(tiny_vlm_dir, tmp_path):
+    from mmft.reward_modeling.trainer import shuffled_images
+
+    held_out = multi_caption_dataset(3, offset=300)
+    trainer = _trainer(tiny_vlm_dir("llava"), tmp_path, multi_caption_dataset(2), per_device_eval_batch_size=5)
+    image_from = shuffled_images(held_out, seed=0)
+    moved = held_out.map(lambda row, i: {"image": held_out[image_from[i]]["image"]}, with_indices=True)
+    shuffled, plain = trainer.predict(held_out, image_from), trainer.predict(moved)
+    assert torch.allclose(shuffled["chosen"], plain["chosen"], atol=1e-5)
+    assert torch.allclose(shuffled["rejected"], plain["rejected"], atol=1e-5)
+    assert not torch.allclose(shuffled["chosen"], trainer.predict(held_out)["chosen"], atol=1e-5)
+
+
+def test_group_by_image_needs_identifiable_images(tiny_vlm_dir, tmp_path):
+    from datasets import Dataset
+    from PIL import Image
+
+    row = preference_dataset(1)[0]
+    data = Dataset.from_dict({"images": [[Image.new("RGB", (8, 8))], []], "prompt": [row["prompt"]] * 2,
+                              "chosen": [row["chosen"]] * 2, "rejected": [row["rejected"]] * 2})
+    assert pair_keys(data) is None
+    with pytest.raises(DataError, match="group_by_image needs images"):
+        _trainer(tiny_vlm_dir("llava"), tmp_path, data, group_by_image=True)

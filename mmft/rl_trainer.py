@@ -42,10 +42,10 @@ TRAINER_STATE = "trainer_state.json"
 TRAINABLE_STATE = "trainable_state.pt"
 
 
-def default_lora_config(target: str = "language", r: int = 16, alpha: int = 32):
+def default_lora_config(target: str = "language", r: int = 16, alpha: int = 32, dropout: float = 0.0):
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_target_modules(target),
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_target_modules(target),
                       bias="none")
 
 

@@ -8,7 +8,8 @@ EXPORT is a preference dataset (`mmft label export`; the preference demo writes 
 `RewardModelTrainer` on the same split (`--eval_fraction` held out by pair and image, as
 the demo does) and evaluates after each epoch. A run's keys: batch, epochs, lr, r (LoRA
 rank; alpha 2r), sched (a transformers scheduler name), heads, pooling, group (1: batches of
-whole images, `group_by_image`). The rest are the
+whole images, `group_by_image`), dropout (LoRA dropout; above 0 the trainer keeps dropout
+on in training) and wd (AdamW weight decay). The rest are the
 demo's reward-model settings (likelihood term, 64 response tokens, seed).
 
 On a GPU all runs start at once (`--parallel`, default: all of them; with several GPUs
@@ -34,11 +35,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = {"batch": int, "epochs": float, "lr": float, "r": int, "sched": str, "heads": int, "pooling": str,
-            "group": int}
+            "group": int, "dropout": float, "wd": float}
 # The preference demo's reward-model settings are the defaults, so a sweep starts from what it runs.
 DEMO = runpy.run_path(str(ROOT / "scripts" / "preference_demo.py"), run_name="preference_demo")["DemoSettings"]()
 DEFAULTS = {"batch": DEMO.rm_batch_size, "epochs": DEMO.rm_epochs, "lr": DEMO.rm_learning_rate, "r": DEMO.rm_lora_r,
-            "sched": "linear", "heads": 1, "pooling": DEMO.rm_pooling, "group": int(DEMO.rm_group_by_image)}
+            "sched": "linear", "heads": 1, "pooling": DEMO.rm_pooling, "group": int(DEMO.rm_group_by_image),
+            "dropout": 0.0, "wd": 0.0}
 
 
 def parse_run(text: str) -> tuple[str, dict]:
@@ -73,18 +75,24 @@ def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fractio
         output_dir=str(out), num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
         lr_scheduler_type=settings["sched"], per_device_train_batch_size=settings["batch"],
         per_device_eval_batch_size=64, num_heads=settings["heads"], pooling=settings["pooling"],
-        group_by_image=bool(settings["group"]),
+        group_by_image=bool(settings["group"]), weight_decay=settings["wd"],
+        disable_dropout=settings["dropout"] == 0,  # the backbone's own dropout rates are its config's
         logging_steps=max(1, steps_per_epoch // 10), eval_steps=steps_per_epoch, seed=seed,
         max_completion_length=64, likelihood_term=DEMO.rm_likelihood, eval_shuffled_images=False,
         dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0, report_to="none",
         use_cpu=not torch.cuda.is_available())
     trainer = RewardModelTrainer(backbone, args=args, train_dataset=train, eval_dataset=held_out,
-                                 peft_config=default_lora_config("language", settings["r"], 2 * settings["r"]))
+                                 peft_config=default_lora_config("language", settings["r"], 2 * settings["r"],
+                                                                 settings["dropout"]))
     start = time.time()
     trainer.train()
     seconds = time.time() - start
+    # What the model trained with, read back from it: the dropout layers left on and the decay.
+    dropouts = [m.p for m in trainer.unwrapped.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
     result = {"final": trainer.info.metrics, "seconds": seconds, "steps": trainer.step,
-              "steps_per_s": trainer.step / seconds, "train_pairs": len(train), "held_out_pairs": len(held_out)}
+              "steps_per_s": trainer.step / seconds, "train_pairs": len(train), "held_out_pairs": len(held_out),
+              "dropout_rates": sorted(set(dropouts)), "dropout_layers": len(dropouts),
+              "weight_decay": trainer.optimizer.param_groups[0]["weight_decay"]}
     (out / "result.json").write_text(json.dumps(result, indent=1))
 
 

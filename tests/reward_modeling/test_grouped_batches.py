@@ -117,3 +117,19 @@ def test_group_by_image_needs_identifiable_images(tiny_vlm_dir, tmp_path):
     assert pair_keys(data) is None
     with pytest.raises(DataError, match="group_by_image needs images"):
         _trainer(tiny_vlm_dir("llava"), tmp_path, data, group_by_image=True)
+
+
+def test_ranks_get_different_whole_batches_of_the_grouped_order():
+    """What accelerate does with the loader on 2 ranks (BatchSamplerShard): every rank
+    draws the same seeded order and keeps every other batch, so the ranks' pairs are
+    disjoint and together cover the epoch."""
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    keys = [i // 3 for i in range(24)]  # 8 images x 3 pairs
+    shards = [list(BatchSamplerShard(BatchSampler(GroupedSampler(keys, seed=0), 6, False), num_processes=2,
+                                     process_index=rank)) for rank in (0, 1)]
+    rows = [[i for batch in shard for i in batch] for shard in shards]
+    assert len(shards[0]) == len(shards[1]) == 2
+    assert not set(rows[0]) & set(rows[1]) and sorted(rows[0] + rows[1]) == list(range(24))
+    assert all(len({keys[i] for i in batch}) == 2 for shard in shards for batch in shard)  # whole images

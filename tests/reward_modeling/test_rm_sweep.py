@@ -25,7 +25,7 @@ def _sweep(tmp_path, *extra):
 def test_runs_evaluate_every_epoch_and_report(tiny_vlm_dir, tmp_path):
     out = tmp_path / "sweep.json"
     proc = _sweep(tmp_path, "--backbone", tiny_vlm_dir("llava"), "--json", str(out),
-                  "--run", "small:batch=8,epochs=2,lr=3e-3,dropout=0.1,wd=0.01", "--run", "cosine:batch=12,epochs=1,lr=3e-3,sched=cosine,r=4,group=0")
+                  "--run", "small:batch=8,epochs=2,lr=3e-3,dropout=0.1,wd=0.01,group=1", "--run", "cosine:batch=12,epochs=1,lr=3e-3,sched=cosine,r=4")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = {r["name"]: r for r in json.loads(out.read_text())["runs"]}
     small, cosine = runs["small"], runs["cosine"]
@@ -38,8 +38,8 @@ def test_runs_evaluate_every_epoch_and_report(tiny_vlm_dir, tmp_path):
         assert run["status"] == "done"
         assert run["held_out_accuracy_by_step"][-1][1] == run["final"]["eval/accuracy"]
     assert cosine["settings"] == {"batch": 12, "epochs": 1.0, "lr": 3e-3, "r": 4, "sched": "cosine", "heads": 1,
-                                  "pooling": "last+mean+sum", "group": 0, "dropout": 0.0, "wd": 0.0}
-    assert small["settings"]["group"] == 1  # the demo's default: batches of whole images
+                                  "pooling": "last+mean+sum", "group": 0, "dropout": 0.0, "wd": 0.0}  # the demo's
+    assert small["settings"]["group"] == 1  # batches of whole images
     # LoRA dropout on (one layer per adapted linear) and the decay reach the model and optimizer.
     assert small["dropout_rates"] == [0.1] and small["dropout_layers"] > 0 and small["weight_decay"] == 0.01
     assert cosine["dropout_rates"] == [] and cosine["weight_decay"] == 0.0

@@ -6,8 +6,9 @@ VLM with a LoRA adapter, the vision tower frozen, and K scalar heads on the last
 state at the last valid token (the EOS after the response).
 
 Each optimizer step:
-  1. encode B pairs as U <= 2B sequences: a caption that several pairs of one image and
-     prompt compare is one sequence (`group_by_image` batches such pairs together);
+  1. encode B pairs as U <= 2B sequences: with `group_by_image` (which batches the pairs of
+     one image and prompt together), and in evaluation, a caption that several of them
+     compare is one sequence;
   2. score them: rewards [U, K], then each pair's chosen and rejected rows [B, K];
   3. loss = BT(r_c, r_r, margin; per-head bootstrap weights) + c * mean((r_c + r_r)^2);
   4. backward through accelerate (gradient accumulation, DDP/DeepSpeed), clip, step.
@@ -178,8 +179,8 @@ class RewardModelTrainer:
                                      args.max_prompt_length)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
 
-        # Which rows share an image and prompt (None: the images cannot be told apart unread).
-        self.train_keys = pair_keys(train_dataset)
+        # With group_by_image, which rows share an image and prompt (random batches rarely do).
+        self.train_keys = pair_keys(train_dataset) if args.group_by_image else None
         if args.group_by_image and self.train_keys is None:
             raise DataError("group_by_image needs images the trainer can identify (a file path or bytes per row, "
                             "as mmft label export writes); set group_by_image=False for this dataset.")
@@ -343,7 +344,7 @@ class RewardModelTrainer:
     def predict(self, dataset, image_from: list[int] | None = None) -> dict[str, torch.Tensor]:
         """Rewards of every pair of `dataset`, gathered over ranks, in dataset order:
         `chosen` [N, K], `rejected` [N, K], `index` [N]. `image_from`: see `collate`."""
-        keys = self.train_keys if dataset is self.train_dataset else pair_keys(dataset)
+        keys = pair_keys(dataset)  # held-out rows come in export order, an image's pairs together
         loader = DataLoader(_Indices(len(dataset)), batch_size=self.args.per_device_eval_batch_size,
                             collate_fn=lambda idx: self.collate(dataset, idx, image_from, keys), **self.loader_workers())
         loader = self.accelerator.prepare_data_loader(loader)

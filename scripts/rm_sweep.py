@@ -9,8 +9,17 @@ EXPORT is a preference dataset (`mmft label export`; the preference demo writes 
 the demo does) and evaluates after each epoch. A run's keys: batch, epochs, lr, r (LoRA
 rank; alpha 2r), sched (a transformers scheduler name), heads, pooling, group (1: batches of
 whole images, `group_by_image`), dropout (LoRA dropout; above 0 the trainer keeps dropout
-on in training) and wd (AdamW weight decay). The rest are the
-demo's reward-model settings (likelihood term, 64 response tokens, seed).
+on in training), wd (AdamW weight decay), seed (the training seed: head initialisation, batch
+order, dropout; default `--seed`, which also draws the split, so runs differing only in seed
+share their held-out pairs), frac (train on this fraction of the training split's images,
+a seeded subset: a learning curve) and extra (1: add every pair of `--train_extra`, another
+export, to the training split; the held-out pairs stay those of `--prefs`: more labels, the
+same test). The rest are the demo's reward-model settings (likelihood term, 64 response
+tokens).
+
+`--ensemble NAME=RUN+RUN+...` scores the held-out pairs with the mean reward of runs (an
+ensemble of K adapters): every evaluation writes a run's held-out rewards, pair by pair, to
+its `held_out_rewards.json`, so a run stopped at the deadline counts with its last one.
 
 On a GPU all runs start at once (`--parallel`, default: all of them; with several GPUs
 they take the GPUs in turn): a small backbone leaves the GPU mostly idle in one process,
@@ -18,7 +27,7 @@ so several share it well (with NVIDIA's MPS daemon, `nvidia-cuda-mps-control -d`
 kernels overlap). On a CPU they run one at a time. `--deadline S` stops the runs still
 going after S seconds; their per-epoch figures so far are kept. Prints a table; `--json`
 writes every run's settings, per-epoch held-out and training accuracy, final metrics,
-steps per second and status.
+steps per second and status, and the ensembles' accuracy.
 """
 
 from __future__ import annotations
@@ -35,12 +44,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = {"batch": int, "epochs": float, "lr": float, "r": int, "sched": str, "heads": int, "pooling": str,
-            "group": int, "dropout": float, "wd": float}
+            "group": int, "dropout": float, "wd": float, "seed": int, "frac": float, "extra": int}
 # The preference demo's reward-model settings are the defaults, so a sweep starts from what it runs.
 DEMO = runpy.run_path(str(ROOT / "scripts" / "preference_demo.py"), run_name="preference_demo")["DemoSettings"]()
 DEFAULTS = {"batch": DEMO.rm_batch_size, "epochs": DEMO.rm_epochs, "lr": DEMO.rm_learning_rate, "r": DEMO.rm_lora_r,
             "sched": "linear", "heads": 1, "pooling": DEMO.rm_pooling, "group": int(DEMO.rm_group_by_image),
-            "dropout": 0.0, "wd": 0.0}
+            "dropout": 0.0, "wd": 0.0, "seed": None, "frac": 1.0, "extra": 0}
 
 
 def parse_run(text: str) -> tuple[str, dict]:
@@ -57,11 +66,77 @@ def parse_run(text: str) -> tuple[str, dict]:
             settings[key] = RUN_KEYS[key](value)
         except ValueError:
             raise SystemExit(f"--run {text!r}: {key} must be {RUN_KEYS[key].__name__}, got {value!r}") from None
+    if not 0 < settings["frac"] <= 1:
+        raise SystemExit(f"--run {text!r}: frac must be in (0, 1], got {settings['frac']}")
     return name, settings
 
 
+def parse_ensemble(text: str, names: set[str]) -> tuple[str, list[str]]:
+    """'NAME=RUN+RUN+...' -> (NAME, members), every member a --run name."""
+    name, eq, spec = text.partition("=")
+    members = [m for m in spec.split("+") if m]
+    if not eq or not name or len(members) < 2:
+        raise SystemExit(f"--ensemble {text!r}: write NAME=RUN+RUN+... with at least two runs")
+    unknown = [m for m in members if m not in names]
+    if unknown:
+        raise SystemExit(f"--ensemble {text!r}: {', '.join(unknown)} is not a --run name")
+    return name, members
+
+
+def ensemble_accuracy(out: Path, members: list[str]) -> dict:
+    """Held-out pair accuracy (ties count 1/2) of the members' mean reward, with each member's
+    own, from their held_out_rewards.json (each member's last evaluation, at `steps`); a member
+    never evaluated is named instead."""
+    missing = [m for m in members if not (out / m / "held_out_rewards.json").exists()]
+    if missing:
+        return {"members": members, "status": f"not computed: {', '.join(missing)} not evaluated"}
+    import torch
+
+    from mmft.reward_modeling.core import pair_accuracy
+
+    rewards = [json.loads((out / m / "held_out_rewards.json").read_text()) for m in members]
+    chosen = torch.tensor([r["chosen"] for r in rewards])  # [members, pairs]
+    rejected = torch.tensor([r["rejected"] for r in rewards])
+    return {"members": members, "status": "done", "pairs": chosen.shape[1], "steps": [r["step"] for r in rewards],
+            "accuracy": pair_accuracy(chosen.mean(0), rejected.mean(0)).mean().item(),
+            "member_accuracy": [pair_accuracy(c, r).mean().item() for c, r in zip(chosen, rejected)]}
+
+
+def with_extra(train, held_out, extra_path: str):
+    """`train` plus every pair of the export at `extra_path`, which must share no image with
+    `held_out` (its accuracy would then count images the model trained on)."""
+    from datasets import concatenate_datasets
+
+    from mmft.reward_modeling.data import _image_keys, load_preferences
+
+    extra = load_preferences(extra_path)
+    shared = set(_image_keys(extra) or []) & set(_image_keys(held_out) or []) - {None}
+    if shared:
+        raise SystemExit(f"--train_extra {extra_path}: {len(shared)} of its images are among --prefs' held-out "
+                         "pairs; give an export of other images")
+    return concatenate_datasets([train, extra])
+
+
+def keep_held_out_rewards(trainer, held_out, path: Path) -> None:
+    """After every evaluation, write the held-out pairs' rewards (mean over heads, in held-out
+    order) to `path`, replacing the last: what --ensemble averages over runs, kept for a run
+    the deadline stops after an evaluation."""
+    predict = trainer.predict
+
+    def predict_and_keep(dataset, image_from=None):
+        pred = predict(dataset, image_from)
+        if dataset is held_out and image_from is None:
+            tmp = path.with_suffix(".tmp")  # a kill mid-write leaves the last complete file
+            tmp.write_text(json.dumps({"step": trainer.step, "chosen": pred["chosen"].mean(-1).tolist(),
+                                       "rejected": pred["rejected"].mean(-1).tolist()}))
+            tmp.replace(path)
+        return pred
+
+    trainer.predict = predict_and_keep
+
+
 def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fraction: float, seed: int,
-              workers: int) -> None:
+              workers: int, train_extra: str | None = None) -> None:
     """One run (in its own process): train, evaluate every epoch, write result.json."""
     import torch
 
@@ -70,6 +145,11 @@ def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fractio
     from mmft.rl_trainer import default_lora_config
 
     train, held_out = held_out_split(load_preferences(prefs), eval_fraction, seed)
+    if settings["frac"] < 1:  # a seeded subset of whole images, drawn as the split draws its held-out part
+        train = held_out_split(train, settings["frac"], seed)[1]
+    if settings["extra"]:
+        train = with_extra(train, held_out, train_extra)
+    seed = seed if settings["seed"] is None else settings["seed"]
     steps_per_epoch = math.ceil(len(train) / settings["batch"])
     args = RewardModelConfig(
         output_dir=str(out), num_train_epochs=settings["epochs"], learning_rate=settings["lr"],
@@ -84,6 +164,7 @@ def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fractio
     trainer = RewardModelTrainer(backbone, args=args, train_dataset=train, eval_dataset=held_out,
                                  peft_config=default_lora_config("language", settings["r"], 2 * settings["r"],
                                                                  settings["dropout"]))
+    keep_held_out_rewards(trainer, held_out, out / "held_out_rewards.json")
     start = time.time()
     trainer.train()
     seconds = time.time() - start
@@ -92,7 +173,7 @@ def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fractio
     result = {"final": trainer.info.metrics, "seconds": seconds, "steps": trainer.step,
               "steps_per_s": trainer.step / seconds, "train_pairs": len(train), "held_out_pairs": len(held_out),
               "dropout_rates": sorted(set(dropouts)), "dropout_layers": len(dropouts),
-              "weight_decay": trainer.optimizer.param_groups[0]["weight_decay"]}
+              "weight_decay": trainer.optimizer.param_groups[0]["weight_decay"], "seed": seed}
     (out / "result.json").write_text(json.dumps(result, indent=1))
 
 
@@ -116,7 +197,10 @@ def main() -> None:
     p.add_argument("--out", required=True, help="a folder per run goes here")
     p.add_argument("--run", action="append", default=[], help="NAME:key=value,... (repeat); keys: "
                    + ", ".join(f"{k} (default {v})" for k, v in DEFAULTS.items()))
+    p.add_argument("--ensemble", action="append", default=[],
+                   help="NAME=RUN+RUN+... (repeat): held-out accuracy of these runs' mean reward")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--train_extra", help="another export whose pairs the runs with extra=1 add to their training split")
     p.add_argument("--eval_fraction", type=float, default=DEMO.eval_fraction)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="collating processes per run (0: collate in the run)")
@@ -128,15 +212,19 @@ def main() -> None:
     if args.child:
         name, settings = parse_run(args.child)
         train_one(args.prefs, args.backbone, Path(args.out) / name, settings, args.eval_fraction, args.seed,
-                  args.workers)
+                  args.workers, args.train_extra)
         return
     if not args.run:
         raise SystemExit("give at least one --run NAME:key=value,...")
     runs = [parse_run(text) for text in args.run]
     if len({name for name, _ in runs}) != len(runs):
         raise SystemExit("--run names must differ")
-    if not Path(args.prefs).is_dir():
-        raise SystemExit(f"--prefs {args.prefs}: no such folder (a `mmft label export` output)")
+    ensembles = [parse_ensemble(text, {name for name, _ in runs}) for text in args.ensemble]
+    for flag, path in (("--prefs", args.prefs), ("--train_extra", args.train_extra)):
+        if path is not None and not Path(path).is_dir():
+            raise SystemExit(f"{flag} {path}: no such folder (a `mmft label export` output)")
+    if any(settings["extra"] for _, settings in runs) and args.train_extra is None:
+        raise SystemExit("a run has extra=1: give the export to add with --train_extra")
     out = Path(args.out)
     for name, _ in runs:  # a run's log history is appended to: an old one would mix in
         if (out / name).exists() and any((out / name).iterdir()):
@@ -154,7 +242,7 @@ def main() -> None:
             log = open(out / name / "log.txt", "w")
             cmd = [sys.executable, __file__, "--child", text, "--prefs", args.prefs, "--backbone", args.backbone,
                    "--out", str(out), "--eval_fraction", str(args.eval_fraction), "--seed", str(args.seed),
-                   "--workers", str(args.workers)]
+                   "--workers", str(args.workers)] + (["--train_extra", args.train_extra] if args.train_extra else [])
             env = dict(os.environ)
             if gpus > 1:  # runs take the GPUs in turn
                 env["CUDA_VISIBLE_DEVICES"] = str(started % gpus)
@@ -186,9 +274,15 @@ def main() -> None:
         curve = " ".join(f"{a:.3f}" for _, a in r["held_out_accuracy_by_step"])
         speed = f"{r['steps_per_s']:.1f}" if "steps_per_s" in r else "-"
         print(f"{name:<12} {setting:<44} {curve:<44} {speed:>7}  {r['status']}")
+    combined = {name: ensemble_accuracy(out, members) for name, members in ensembles}
+    for name, e in combined.items():
+        figure = f"{e['accuracy']:.3f} (members {' '.join(f'{a:.3f}' for a in e['member_accuracy'])})" \
+            if e["status"] == "done" else e["status"]
+        print(f"ensemble {name}: {'+'.join(e['members'])}: {figure}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"runs": [done[name] for name, _ in runs], "prefs": args.prefs,
+        Path(args.json).write_text(json.dumps({"runs": [done[name] for name, _ in runs], "ensembles": combined,
+                                               "prefs": args.prefs,
                                                "backbone": args.backbone, "seed": args.seed,
                                                "device": "cuda" if torch.cuda.is_available() else "cpu"}, indent=1))
 

@@ -38,7 +38,8 @@ def test_runs_evaluate_every_epoch_and_report(tiny_vlm_dir, tmp_path):
         assert run["status"] == "done"
         assert run["held_out_accuracy_by_step"][-1][1] == run["final"]["eval/accuracy"]
     assert cosine["settings"] == {"batch": 12, "epochs": 1.0, "lr": 3e-3, "r": 4, "sched": "cosine", "heads": 1,
-                                  "pooling": "last+mean+sum", "group": 0, "dropout": 0.0, "wd": 0.0}  # the demo's
+                                  "pooling": "last+mean+sum", "group": 1, "dropout": 0.0, "wd": 0.0, "seed": None,
+                                  "frac": 1.0, "extra": 0}  # the demo's
     assert small["settings"]["group"] == 1  # batches of whole images
     # LoRA dropout on (one layer per adapted linear) and the decay reach the model and optimizer.
     assert small["dropout_rates"] == [0.1] and small["dropout_layers"] > 0 and small["weight_decay"] == 0.01
@@ -58,11 +59,59 @@ def test_deadline_keeps_what_finished_and_names_the_rest(tiny_vlm_dir, tmp_path)
     assert again.returncode != 0 and "exists and is not empty" in again.stderr  # histories would mix
 
 
-@pytest.mark.parametrize("run, message", [
-    ("bad name:batch=8", "start with a name"),
-    ("x:batch=8,foo=1", "'foo=1' is not key=value"),
-    ("x:batch=eight", "batch must be int"),
+def test_training_seed_fraction_extra_pairs_and_ensemble(tiny_vlm_dir, tmp_path):
+    out = tmp_path / "sweep.json"
+    preference_dataset(10, offset=30).save_to_disk(str(tmp_path / "extra"))  # 10 pairs of 10 other scenes
+    proc = _sweep(tmp_path, "--backbone", tiny_vlm_dir("llava"), "--json", str(out),
+                  "--train_extra", str(tmp_path / "extra"),
+                  "--run", "s0:batch=8,epochs=1,lr=3e-3", "--run", "s1:batch=8,epochs=1,lr=3e-3,seed=1",
+                  "--run", "half:batch=8,epochs=1,lr=3e-3,frac=0.5", "--run", "more:batch=8,epochs=1,lr=3e-3,extra=1",
+                  "--ensemble", "three=s0+s1+half")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    runs = {r["name"]: r for r in result["runs"]}
+    # One split (--seed 0) for all: 6 held-out pairs each; half trains on 12 of the 24 others,
+    # more on the 24 and the extra export's 10 (5 steps of 8 where s0 takes 3, half 2).
+    assert [runs[n]["held_out_pairs"] for n in ("s0", "s1", "half", "more")] == [6, 6, 6, 6]
+    assert [runs[n]["train_pairs"] for n in ("s0", "s1", "half", "more")] == [24, 24, 12, 34]
+    assert runs["more"]["steps"] == 5 and runs["s0"]["steps"] == 3
+    assert [runs[n]["seed"] for n in ("s0", "s1", "half")] == [0, 1, 0]
+    rewards = {n: json.loads((tmp_path / "runs" / n / "held_out_rewards.json").read_text()) for n in runs}
+    assert rewards["s0"]["chosen"] != rewards["s1"]["chosen"]  # the training seed changes the model
+
+    def accuracy(chosen, rejected):  # ties count 1/2
+        return sum((c > r) + 0.5 * (c == r) for c, r in zip(chosen, rejected)) / len(chosen)
+
+    for n, r in rewards.items():  # the saved rewards are the ones the final evaluation scored
+        assert r["step"] == runs[n]["steps"]
+        assert len(r["chosen"]) == len(r["rejected"]) == 6
+        assert accuracy(r["chosen"], r["rejected"]) == pytest.approx(runs[n]["final"]["eval/accuracy"])
+    mean = {k: [sum(v) / 3 for v in zip(*(rewards[n][k] for n in ("s0", "s1", "half")))] for k in ("chosen", "rejected")}
+    three = result["ensembles"]["three"]
+    assert three["status"] == "done" and three["members"] == ["s0", "s1", "half"] and three["pairs"] == 6
+    assert three["steps"] == [3, 3, 2]
+    assert three["accuracy"] == pytest.approx(accuracy(mean["chosen"], mean["rejected"]))
+    assert "ensemble three: s0+s1+half: " in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run", "bad name:batch=8"], "start with a name"),
+    (["--run", "x:batch=8,foo=1"], "'foo=1' is not key=value"),
+    (["--run", "x:batch=eight"], "batch must be int"),
+    (["--run", "x:frac=0"], "frac must be in (0, 1]"),
+    (["--run", "x:batch=8", "--ensemble", "e=x+nope"], "nope is not a --run name"),
+    (["--run", "x:batch=8", "--ensemble", "e=x"], "at least two runs"),
 ])
-def test_bad_run_specs_are_named(tmp_path, run, message):
-    proc = _sweep(tmp_path, "--backbone", "unused", "--run", run)
+def test_bad_run_specs_are_named(tmp_path, args, message):
+    proc = _sweep(tmp_path, "--backbone", "unused", *args)
     assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_extra_pairs_must_come_with_an_export_of_other_images(tiny_vlm_dir, tmp_path):
+    proc = _sweep(tmp_path, "--backbone", "unused", "--run", "x:extra=1")
+    assert proc.returncode != 0 and "give the export to add with --train_extra" in proc.stderr
+    # The held-out pairs' own images in the extra export: refused, naming the export.
+    proc = _sweep(tmp_path, "--backbone", tiny_vlm_dir("llava"), "--train_extra", str(tmp_path / "prefs"),
+                  "--run", "x:batch=8,extra=1")
+    log = (tmp_path / "runs" / "x" / "log.txt").read_text()
+    assert "of its images are among --prefs' held-out pairs" in log and str(tmp_path / "prefs") in log

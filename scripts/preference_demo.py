@@ -83,10 +83,11 @@ class DemoSettings:
     rm_batch_size: int = 64
     rm_lora_r: int = 32
     # Batches of whole scenes (RewardModelConfig.group_by_image) score a scene's 4 captions once for
-    # its up to 6 pairs: 0.66 s a step instead of 1.53 s here, but with 13 scenes a batch instead of
-    # 64 the reward model learns less per step (held-out 0.807 against 0.842 after epoch 1, 0.871
-    # after 6; docs/preference.md, twelfth session). Off: accuracy is the demo's target.
-    rm_group_by_image: bool = False
+    # its up to 6 pairs: 0.66 s a step instead of 1.53 s here. With 13 scenes a batch instead of 64
+    # the reward model learns less per step early (held-out 0.807 against 0.842 after epoch 1), but
+    # not by the sixth epoch: 0.871-0.872 against 0.873-0.876 for three seeds of random batches
+    # (docs/preference.md, twelfth and thirteenth sessions). On: half the reward model's time.
+    rm_group_by_image: bool = True
     # The learned reward can be over-optimised: at KL coefficient 0.02 the greedy captions turn
     # into lists ("... and a little green triangle and a little green triangle and") within 60
     # iterations. At 0.1 they stay sentences while the oracle score still rises through 100

@@ -37,9 +37,10 @@ def load_preferences(spec: str | os.PathLike, split: str = "train"):
                         "written by `mmft label export` or a Hugging Face dataset id.") from err
 
 
-def _image_keys(dataset) -> list | None:
-    """One identity per row for its image(s): the file name, or a hash of the bytes when
-    there is none (images are not decoded). None without an image column."""
+def _row_image_keys(dataset) -> list[tuple] | None:
+    """Per row, one identity per image: the file name, or a hash of the bytes when there is
+    none (images are not decoded); None for an image with neither. None without an image
+    column."""
     import hashlib
 
     from datasets import Image, List, Sequence
@@ -63,8 +64,23 @@ def _image_keys(dataset) -> list | None:
             return image["path"]
         return hashlib.sha1(image["bytes"]).hexdigest() if image.get("bytes") else None
 
-    keys = [tuple(key(x) for x in (images or [])) for images in raw]
-    return None if any(k == () or None in k for k in keys) else keys
+    return [tuple(key(x) for x in (images or [])) for images in raw]
+
+
+def _image_keys(dataset) -> list | None:
+    """One identity per row for its image(s) (`_row_image_keys`), or None unless every row
+    has images that all have one."""
+    keys = _row_image_keys(dataset)
+    return None if keys is None or any(k == () or None in k for k in keys) else keys
+
+
+def unidentified_image_rows(dataset) -> list[int]:
+    """The rows whose images `pair_keys` cannot identify unread (no image, or one with neither
+    a path nor bytes): every row when the dataset has no image column."""
+    keys = _row_image_keys(dataset)
+    if keys is None:
+        return list(range(len(dataset)))
+    return [i for i, k in enumerate(keys) if k == () or None in k]
 
 
 def pair_keys(dataset) -> list[tuple] | None:

@@ -38,7 +38,7 @@ from mmft.models.arch import freeze_vision_tower, text_hidden_size
 from mmft.models.loading import load_processor, load_vlm
 from mmft.reward_modeling import core
 from mmft.reward_modeling.config import RewardModelConfig
-from mmft.reward_modeling.data import GroupedSampler, pair_keys
+from mmft.reward_modeling.data import GroupedSampler, pair_keys, unidentified_image_rows
 from mmft.reward_modeling.model import (
     RewardEncoder,
     RewardModel,
@@ -182,8 +182,10 @@ class RewardModelTrainer:
         # With group_by_image, which rows share an image and prompt (random batches rarely do).
         self.train_keys = pair_keys(train_dataset) if args.group_by_image else None
         if args.group_by_image and self.train_keys is None:
-            raise DataError("group_by_image needs images the trainer can identify (a file path or bytes per row, "
-                            "as mmft label export writes); set group_by_image=False for this dataset.")
+            bad = unidentified_image_rows(train_dataset)
+            raise DataError(f"group_by_image needs images the trainer can identify (a file path or bytes per row, "
+                            f"as mmft label export writes): train_dataset row {bad[0]} has none ({len(bad)} of "
+                            f"{len(train_dataset)} rows); set group_by_image=False for this dataset.")
         g = torch.Generator().manual_seed(args.seed)
         order = ({"sampler": GroupedSampler(self.train_keys, args.seed)} if args.group_by_image
                  else {"shuffle": True, "generator": g})

@@ -45,7 +45,7 @@ def test_preference_demo_reduced(tmp_path):
     out = tmp_path / "demo.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, "scripts/preference_demo.py", "--json", str(out), "--num_pair_images", "16",
-                    "--samples_per_image", "3", "--pairs_per_image", "3", "--rm_group_by_image", "true",
+                    "--samples_per_image", "3", "--pairs_per_image", "3",
                     "--rm_epochs", "1", "--ppo_steps", "2", "--ppo_batch_size", "8", "--num_eval_scenes", "16",
                     "--num_unseen_scenes", "6", "--min_rm_accuracy", "0", "--rm_backbone_steps", "0"], cwd=ROOT, env=env, check=True,
                    timeout=1800)
@@ -56,7 +56,7 @@ def test_preference_demo_reduced(tmp_path):
     assert 0.0 <= res["rm_accuracy"] <= 1.0 and 0.0 <= res["rm_accuracy_shuffled_images"] <= 1.0
     assert sum(b["pairs"] for b in res["rm_accuracy_by_oracle_margin"].values()) == res["held_out_pairs"]
     assert res["rm_mounted"]  # the reward model shares the policy's base: PPO mounted it
-    assert res["settings"]["rm_group_by_image"] is True  # batches of whole scenes (off by default)
+    assert res["settings"]["rm_group_by_image"] is True  # batches of whole scenes, the default
     assert all(math.isfinite(res[k]) for k in ("oracle_before", "oracle_after"))
     # The oracle labels by net_correct (the default); OUT also scores the captions the old way.
     scores = res["oracle_scores_before_after"]

@@ -107,10 +107,13 @@ def with_extra(train, held_out, extra_path: str):
     `held_out` (its accuracy would then count images the model trained on)."""
     from datasets import concatenate_datasets
 
-    from mmft.reward_modeling.data import _image_keys, load_preferences
+    from mmft.reward_modeling.data import _row_image_keys, load_preferences
+
+    def images(dataset) -> set:  # every identifiable image of every row
+        return {k for row in _row_image_keys(dataset) or [] for k in row} - {None}
 
     extra = load_preferences(extra_path)
-    shared = set(_image_keys(extra) or []) & set(_image_keys(held_out) or []) - {None}
+    shared = images(extra) & images(held_out)
     if shared:
         raise SystemExit(f"--train_extra {extra_path}: {len(shared)} of its images are among --prefs' held-out "
                          "pairs; give an export of other images")

@@ -67,11 +67,16 @@ def _row_image_keys(dataset) -> list[tuple] | None:
     return [tuple(key(x) for x in (images or [])) for images in raw]
 
 
+def _identified(row_keys: tuple) -> bool:
+    """A row has images, and every one of them an identity."""
+    return row_keys != () and None not in row_keys
+
+
 def _image_keys(dataset) -> list | None:
     """One identity per row for its image(s) (`_row_image_keys`), or None unless every row
     has images that all have one."""
     keys = _row_image_keys(dataset)
-    return None if keys is None or any(k == () or None in k for k in keys) else keys
+    return None if keys is None or not all(map(_identified, keys)) else keys
 
 
 def unidentified_image_rows(dataset) -> list[int]:
@@ -80,7 +85,7 @@ def unidentified_image_rows(dataset) -> list[int]:
     keys = _row_image_keys(dataset)
     if keys is None:
         return list(range(len(dataset)))
-    return [i for i, k in enumerate(keys) if k == () or None in k]
+    return [i for i, k in enumerate(keys) if not _identified(k)]
 
 
 def pair_keys(dataset) -> list[tuple] | None:

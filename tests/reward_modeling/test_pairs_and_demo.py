@@ -99,3 +99,41 @@ def test_preference_demo_reduced(tmp_path):
     assert res2["oracle_before"] == res["oracle_before"]  # the same base's greedy captions
     assert res2["settings"]["ppo_kl_coef"] == 0.3 and "make_pairs_s" not in res2["timings_s"]
     assert sorted(p.name for p in (tmp_path / "again_work").iterdir()) == ["ppo"]  # no pairs, labels or model
+
+
+def test_oracle_export_labels_every_pair_in_process(tiny_vlm_dir, tmp_path):
+    """scripts/oracle_export.py: the demo's pairs for other scenes, every one labelled by the demo's
+    oracle through the label store, the A/B labels exported as `mmft label export` writes them."""
+    import sqlite3
+
+    from mmft.label.pairs import load_pairs
+    from mmft.reward_modeling.data import load_preferences
+    from reward_models import AttributeReward
+    from reward_models._text import completion_to_text
+
+    oracle_export = runpy.run_path(str(ROOT / "scripts/oracle_export.py"), run_name="oracle_export")["main"]
+    work = tmp_path / "extra"
+    summary = oracle_export(["--work", str(work), "--first_scene", "7", "--num_scenes", "3",
+                             "--model", tiny_vlm_dir("llava"), "--max_new_tokens", "6", "--batch_size", "4"])
+    pairs = {p.pair_id: p for p in load_pairs(work / "pairs" / "pairs.jsonl")}
+    assert {p.metadata["source_index"] for p in pairs.values()} == {7, 8, 9}
+    assert summary["pairs"] == len(pairs) > 3 and sum(summary["labels"].values()) == len(pairs)
+    with sqlite3.connect(work / "labels.sqlite") as conn:  # one label per pair, the oracle's
+        stored = dict(conn.execute("SELECT pair_id, choice FROM labels WHERE labeler = 'oracle'").fetchall())
+    oracle = AttributeReward(scoring="net_correct")
+
+    def net(caption, pair):
+        return oracle.score_one(completion_to_text(caption), pair.metadata["objects"], pair.metadata["num_objects"],
+                                pair.metadata["relation"])
+
+    assert set(stored) == set(pairs)
+    for pid, choice in stored.items():
+        a, b = net(pairs[pid].caption_a, pairs[pid]), net(pairs[pid].caption_b, pairs[pid])
+        assert choice == ("A" if a > b else "B" if b > a else "tie")
+    export = load_preferences(work / "prefs")
+    assert len(export) == summary["exported"] == summary["labels"]["A"] + summary["labels"]["B"]
+    for row in export:
+        assert net(row["chosen"], pairs[row["pair_id"]]) > net(row["rejected"], pairs[row["pair_id"]])
+    assert json.loads((work / "summary.json").read_text()) == summary
+    with pytest.raises(SystemExit, match="not empty"):
+        oracle_export(["--work", str(work), "--first_scene", "0", "--num_scenes", "1"])

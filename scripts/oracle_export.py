@@ -38,14 +38,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def label_in_process(pairs_path: Path, db: Path, oracle, oracle_choice) -> dict[str, int]:
-    """Serve every pair of `pairs_path` from `db` and record the oracle's choice for each."""
+    """Serve every pair of `pairs_path` from `db` as `mmft label serve` does, and record the
+    oracle's choice for each."""
     from mmft.label import storage
     from mmft.label.pairs import load_pairs
+    from mmft.label.server import prepare_database
 
-    pairs = load_pairs(pairs_path)
-    with closing(storage.connect(db, create=True)) as conn:
-        storage.sync_pairs(conn, pairs, pairs_path)
+    prepare_database(pairs_path, db)
     storage.add_labeler(db, "oracle")
+    pairs = load_pairs(pairs_path)
     counts = {"A": 0, "B": 0, "tie": 0}
     with closing(storage.connect(db)) as conn:
         for pair in pairs:

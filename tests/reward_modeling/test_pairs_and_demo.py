@@ -15,6 +15,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def net(caption, pair) -> float:
+    """The demo oracle's `net_correct` score of a caption (a string or the export's assistant
+    message list) for a pair's scene."""
+    from reward_models import AttributeReward
+    from reward_models._text import completion_to_text
+
+    return AttributeReward(scoring="net_correct").score_one(
+        completion_to_text(caption), pair.metadata["objects"], pair.metadata["num_objects"], pair.metadata["relation"])
+
+
 def test_make_pairs_writes_a_valid_pairs_file(tiny_vlm_dir, tmp_path):
     from mmft.label.pairs import load_pairs
 
@@ -40,7 +50,6 @@ def test_preference_demo_reduced(tmp_path):
     from mmft.label.pairs import load_pairs
     from mmft.reward_modeling.data import load_preferences
     from reward_models import AttributeReward
-    from reward_models._text import completion_to_text
 
     out = tmp_path / "demo.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -62,13 +71,7 @@ def test_preference_demo_reduced(tmp_path):
     scores = res["oracle_scores_before_after"]
     assert res["oracle_scoring"] == "net_correct" and set(scores) == set(AttributeReward.SCORINGS)
     assert scores["net_correct"] == [res["oracle_before"], res["oracle_after"]]
-    oracle = AttributeReward(scoring="net_correct")
     pairs = {p.pair_id: p for p in load_pairs(tmp_path / "demo_work" / "pairs" / "pairs.jsonl")}
-
-    def net(caption, pair):  # caption: a string or the export's assistant message list
-        return oracle.score_one(completion_to_text(caption), pair.metadata["objects"], pair.metadata["num_objects"],
-                                pair.metadata["relation"])
-
     export = load_preferences(tmp_path / "demo_work" / "prefs")
     for row in export:  # every exported label is the net_correct oracle's choice
         assert net(row["chosen"], pairs[row["pair_id"]]) > net(row["rejected"], pairs[row["pair_id"]])
@@ -108,8 +111,6 @@ def test_oracle_export_labels_every_pair_in_process(tiny_vlm_dir, tmp_path):
 
     from mmft.label.pairs import load_pairs
     from mmft.reward_modeling.data import load_preferences
-    from reward_models import AttributeReward
-    from reward_models._text import completion_to_text
 
     oracle_export = runpy.run_path(str(ROOT / "scripts/oracle_export.py"), run_name="oracle_export")["main"]
     work = tmp_path / "extra"
@@ -120,12 +121,6 @@ def test_oracle_export_labels_every_pair_in_process(tiny_vlm_dir, tmp_path):
     assert summary["pairs"] == len(pairs) > 3 and sum(summary["labels"].values()) == len(pairs)
     with sqlite3.connect(work / "labels.sqlite") as conn:  # one label per pair, the oracle's
         stored = dict(conn.execute("SELECT pair_id, choice FROM labels WHERE labeler = 'oracle'").fetchall())
-    oracle = AttributeReward(scoring="net_correct")
-
-    def net(caption, pair):
-        return oracle.score_one(completion_to_text(caption), pair.metadata["objects"], pair.metadata["num_objects"],
-                                pair.metadata["relation"])
-
     assert set(stored) == set(pairs)
     for pid, choice in stored.items():
         a, b = net(pairs[pid].caption_a, pairs[pid]), net(pairs[pid].caption_b, pairs[pid])

@@ -5,7 +5,8 @@ real label server, as a person would (13 ms a pair here). To measure what more l
 (`scripts/rm_sweep.py --train_extra`), this script does three things:
 
 1. It makes the demo's pairs for another range of scenes. It uses scripts/make_pairs.py
-   with the demo's sampling settings: samples and pairs per image, temperature, seed.
+   with the demo's sampling settings: samples and pairs per image, temperature, seed
+   (`--samples_per_image`, `--pairs_per_image` and `--seed` change them).
 2. The demo's oracle labels them in-process, through the store calls the server makes
    (`mmft.label.storage`).
 3. It exports them as `mmft label export` does.
@@ -57,9 +58,10 @@ def label_in_process(pairs_path: Path, db: Path, oracle, oracle_choice) -> dict[
 
 
 def oracle_export(work: Path, first_scene: int, num_scenes: int, *, model: str | None = None,
-                  oracle_scoring: str | None = None, seed: int | None = None, max_new_tokens: int = 32,
-                  batch_size: int = 64) -> dict:
-    """Pairs of scenes first_scene .. first_scene + num_scenes - 1, oracle labels, export."""
+                  oracle_scoring: str | None = None, seed: int | None = None, samples_per_image: int | None = None,
+                  pairs_per_image: int | None = None, max_new_tokens: int = 32, batch_size: int = 64) -> dict:
+    """Pairs of scenes first_scene .. first_scene + num_scenes - 1, oracle labels, export.
+    Sampling settings left None are the demo's."""
     from mmft.demo import build_demo_base
     from mmft.label.export import export_preferences
     from reward_models import AttributeReward
@@ -70,13 +72,14 @@ def oracle_export(work: Path, first_scene: int, num_scenes: int, *, model: str |
     make_pairs = runpy.run_path(str(ROOT / "scripts" / "make_pairs.py"), run_name="make_pairs")["make_pairs"]
     s = demo["DemoSettings"]()
     scoring = oracle_scoring or s.oracle_scoring
+    samples = samples_per_image or s.samples_per_image
+    per_image = pairs_per_image or s.pairs_per_image
     seconds = {}
     t = time.time()
     pairs_path = work / "pairs" / "pairs.jsonl"
     made = make_pairs(pairs_path, model=model or str(build_demo_base()), num_images=num_scenes, offset=first_scene,
-                      samples_per_image=s.samples_per_image, pairs_per_image=s.pairs_per_image,
-                      temperature=s.pair_temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                      seed=s.seed if seed is None else seed)
+                      samples_per_image=samples, pairs_per_image=per_image, temperature=s.pair_temperature,
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=s.seed if seed is None else seed)
     seconds["make_pairs"] = time.time() - t
     t = time.time()
     db = work / "labels.sqlite"
@@ -85,7 +88,8 @@ def oracle_export(work: Path, first_scene: int, num_scenes: int, *, model: str |
     t = time.time()
     exported = export_preferences(db, work / "prefs")
     seconds["export"] = time.time() - t
-    summary = {"first_scene": first_scene, "num_scenes": num_scenes, "pairs": made["pairs"], "labels": labels,
+    summary = {"first_scene": first_scene, "num_scenes": num_scenes, "samples_per_image": samples,
+               "pairs_per_image": per_image, "pairs": made["pairs"], "labels": labels,
                "exported": exported.rows, "oracle_scoring": scoring, "export": str(work / "prefs"),
                "seconds": seconds}
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -100,11 +104,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", default=None, help="the captioner (default: the cached demo base)")
     p.add_argument("--oracle_scoring", default=None, help="AttributeReward scoring (default: the demo's)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the demo's)")
+    p.add_argument("--samples_per_image", type=int, default=None, help="captions per scene (default: the demo's)")
+    p.add_argument("--pairs_per_image", type=int, default=None,
+                   help="pairs kept per scene, at most C(k, 2) of k distinct captions (default: the demo's)")
     p.add_argument("--max_new_tokens", type=int, default=32)
     p.add_argument("--batch_size", type=int, default=64)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     summary = oracle_export(args.work, args.first_scene, args.num_scenes, model=args.model,
-                            oracle_scoring=args.oracle_scoring, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                            oracle_scoring=args.oracle_scoring, seed=args.seed, samples_per_image=args.samples_per_image,
+                            pairs_per_image=args.pairs_per_image, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size)
     print(json.dumps(summary, indent=1))
     return summary

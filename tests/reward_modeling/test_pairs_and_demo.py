@@ -7,6 +7,7 @@ import os
 import runpy
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,9 @@ def test_preference_demo_reduced(tmp_path):
 
 
 def test_oracle_export_labels_every_pair_in_process(tiny_vlm_dir, tmp_path):
-    """scripts/oracle_export.py: the demo's pairs for other scenes, every one labelled by the demo's
-    oracle through the label store, the A/B labels exported as `mmft label export` writes them."""
+    """scripts/oracle_export.py: the demo's pairs for other scenes (here 5 captions and up to 10
+    pairs a scene instead of the demo's 4 and 6), every one labelled by the demo's oracle through
+    the label store, the A/B labels exported as `mmft label export` writes them."""
     import sqlite3
 
     from mmft.label.pairs import load_pairs
@@ -115,9 +117,12 @@ def test_oracle_export_labels_every_pair_in_process(tiny_vlm_dir, tmp_path):
     oracle_export = runpy.run_path(str(ROOT / "scripts/oracle_export.py"), run_name="oracle_export")["main"]
     work = tmp_path / "extra"
     summary = oracle_export(["--work", str(work), "--first_scene", "7", "--num_scenes", "3",
-                             "--model", tiny_vlm_dir("llava"), "--max_new_tokens", "6", "--batch_size", "4"])
+                             "--model", tiny_vlm_dir("llava"), "--max_new_tokens", "6", "--batch_size", "4",
+                             "--samples_per_image", "5", "--pairs_per_image", "10"])
     pairs = {p.pair_id: p for p in load_pairs(work / "pairs" / "pairs.jsonl")}
-    assert {p.metadata["source_index"] for p in pairs.values()} == {7, 8, 9}
+    per_scene = Counter(p.metadata["source_index"] for p in pairs.values())
+    assert set(per_scene) == {7, 8, 9} and 6 < max(per_scene.values()) <= 10
+    assert (summary["samples_per_image"], summary["pairs_per_image"]) == (5, 10)
     assert summary["pairs"] == len(pairs) > 3 and sum(summary["labels"].values()) == len(pairs)
     with sqlite3.connect(work / "labels.sqlite") as conn:  # one label per pair, the oracle's
         stored = dict(conn.execute("SELECT pair_id, choice FROM labels WHERE labeler = 'oracle'").fetchall())

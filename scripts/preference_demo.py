@@ -62,7 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class DemoSettings:
     # Training scenes to caption (ids 0..N-1: the split's 2,000 and generated ones beyond), and
     # captions sampled and distinct pairs of them labelled per scene. Labels are the reward
-    # model's lever (see docs/preference.md): more scenes more than more pairs per scene.
+    # model's lever (docs/preference.md): the pairs of more captions a scene served as well as those of
+    # more scenes (tenth session) and cost fewer sequences to train on (eight captions: fifteenth).
     num_pair_images: int = 10000
     samples_per_image: int = 4
     pairs_per_image: int = 6

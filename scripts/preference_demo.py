@@ -231,21 +231,29 @@ def image_sensitivity(base: str, num_scenes: int = 32) -> dict[str, float]:
     return {"matched_images": loss(rows), "shuffled_images": loss(rows[1:] + rows[:1])}
 
 
-def accuracy_by_oracle_margin(trainer, held_out, scenes: dict[str, dict], oracle) -> dict[str, dict]:
-    """Held-out accuracy of the reward model by how far apart the oracle scored the two
-    captions (|score_A - score_B|): near-equal pairs are the hard ones for any model."""
-    pred = trainer.predict(held_out)
-    correct = (pred["chosen"].mean(-1) > pred["rejected"].mean(-1)).float().tolist()
+GAP_BUCKETS = ((0.1, "< 0.1"), (0.2, "0.1-0.2"), (0.3, "0.2-0.3"), (0.4, "0.3-0.4"), (0.5, "0.4-0.5"),
+               (float("inf"), ">= 0.5"))
+
+
+def accuracy_by_oracle_margin(pair_ids, chosen, rejected, scenes: dict[str, dict], oracle) -> dict[str, dict]:
+    """Held-out accuracy (ties count 1/2, as eval/accuracy) of rewards `chosen` / `rejected`
+    [pairs] by how far apart the oracle scored the pair's two captions (|score_A - score_B|,
+    in GAP_BUCKETS): near-equal pairs are the hard ones for any model. `scenes` maps each
+    pair id to its line of the pairs file (captions and scene)."""
+    import torch
+
+    from mmft.reward_modeling.core import pair_accuracy
+
+    correct = pair_accuracy(torch.as_tensor(chosen).float(), torch.as_tensor(rejected).float()).tolist()
     buckets: dict[str, list[float]] = {}
-    for pair_id, ok in zip(held_out["pair_id"], correct):
+    for pair_id, ok in zip(pair_ids, correct):
         scene = scenes[pair_id]
         a, b = (oracle.score_one(scene[c], scene["objects"], scene["num_objects"], scene["relation"])
                 for c in ("caption_a", "caption_b"))
-        gap = abs(a - b)
-        key = "< 0.1" if gap < 0.1 else "0.1-0.2" if gap < 0.2 else "0.2-0.3" if gap < 0.3 else ">= 0.3"
+        key = next(name for bound, name in GAP_BUCKETS if abs(a - b) < bound)
         buckets.setdefault(key, []).append(ok)
-    order = ["< 0.1", "0.1-0.2", "0.2-0.3", ">= 0.3"]
-    return {k: {"accuracy": sum(buckets[k]) / len(buckets[k]), "pairs": len(buckets[k])} for k in order if k in buckets}
+    return {k: {"accuracy": sum(buckets[k]) / len(buckets[k]), "pairs": len(buckets[k])}
+            for _, k in GAP_BUCKETS if k in buckets}
 
 
 def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: DemoSettings, oracle) -> dict:
@@ -339,7 +347,9 @@ def preference_stages(work: Path, s: DemoSettings, base: str, oracle, min_rm_acc
     rm_trainer.train()
     rm_trainer.save_model()
     rm_metrics = rm_trainer.info.metrics
-    rm_by_margin = accuracy_by_oracle_margin(rm_trainer, held_out, scenes, oracle)
+    pred = rm_trainer.predict(held_out)
+    rm_by_margin = accuracy_by_oracle_margin(held_out["pair_id"], pred["chosen"].mean(-1), pred["rejected"].mean(-1),
+                                             scenes, oracle)
     del rm_trainer
     timings["reward_model_s"] = time.time() - t
     unseen = None

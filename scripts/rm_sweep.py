@@ -20,6 +20,9 @@ tokens).
 `--ensemble NAME=RUN+RUN+...` scores the held-out pairs with the mean reward of runs (an
 ensemble of K adapters): every evaluation writes a run's held-out rewards, pair by pair, to
 its `held_out_rewards.json`, so a run stopped at the deadline counts with its last one.
+On the embedded task, `--oracle_pairs PAIRS.jsonl` (the pairs file the export was labelled
+from) also breaks every run's and ensemble's held-out accuracy down by the demo oracle's
+score gap between the two captions: where the errors are.
 
 On a GPU all runs start at once (`--parallel`, default: all of them; with several GPUs
 they take the GPUs in turn): a small backbone leaves the GPU mostly idle in one process,
@@ -46,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = {"batch": int, "epochs": float, "lr": float, "r": int, "sched": str, "heads": int, "pooling": str,
             "group": int, "dropout": float, "wd": float, "seed": int, "frac": float, "extra": int}
 # The preference demo's reward-model settings are the defaults, so a sweep starts from what it runs.
-DEMO = runpy.run_path(str(ROOT / "scripts" / "preference_demo.py"), run_name="preference_demo")["DemoSettings"]()
+DEMO_SCRIPT = runpy.run_path(str(ROOT / "scripts" / "preference_demo.py"), run_name="preference_demo")
+DEMO = DEMO_SCRIPT["DemoSettings"]()
 DEFAULTS = {"batch": DEMO.rm_batch_size, "epochs": DEMO.rm_epochs, "lr": DEMO.rm_learning_rate, "r": DEMO.rm_lora_r,
             "sched": "linear", "heads": 1, "pooling": DEMO.rm_pooling, "group": int(DEMO.rm_group_by_image),
             "dropout": 0.0, "wd": 0.0, "seed": None, "frac": 1.0, "extra": 0}
@@ -87,19 +91,56 @@ def ensemble_accuracy(out: Path, members: list[str]) -> dict:
     """Held-out pair accuracy (ties count 1/2) of the members' mean reward, with each member's
     own, from their held_out_rewards.json (each member's last evaluation, at `steps`); a member
     never evaluated is named instead."""
-    missing = [m for m in members if not (out / m / "held_out_rewards.json").exists()]
+    rewards = [read_rewards(out / m) for m in members]
+    missing = [m for m, r in zip(members, rewards) if r is None]
     if missing:
         return {"members": members, "status": f"not computed: {', '.join(missing)} not evaluated"}
     import torch
 
     from mmft.reward_modeling.core import pair_accuracy
 
-    rewards = [json.loads((out / m / "held_out_rewards.json").read_text()) for m in members]
     chosen = torch.tensor([r["chosen"] for r in rewards])  # [members, pairs]
     rejected = torch.tensor([r["rejected"] for r in rewards])
     return {"members": members, "status": "done", "pairs": chosen.shape[1], "steps": [r["step"] for r in rewards],
             "accuracy": pair_accuracy(chosen.mean(0), rejected.mean(0)).mean().item(),
-            "member_accuracy": [pair_accuracy(c, r).mean().item() for c, r in zip(chosen, rejected)]}
+            "member_accuracy": [pair_accuracy(c, r).mean().item() for c, r in zip(chosen, rejected)],
+            "rewards": {"chosen": chosen.mean(0).tolist(), "rejected": rejected.mean(0).tolist(),
+                        "pair_id": rewards[0].get("pair_id")}}
+
+
+def load_scenes(pairs_path: str) -> dict[str, dict]:
+    """pair id -> its line of a pairs file (captions and the embedded task's scene)."""
+    path = Path(pairs_path)
+    if not path.is_file():
+        raise SystemExit(f"--oracle_pairs {pairs_path}: no such file (the pairs.jsonl the export was labelled from)")
+    scenes = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        row = json.loads(line)
+        missing = [k for k in ("pair_id", "caption_a", "caption_b", "objects", "num_objects", "relation")
+                   if k not in row]
+        if missing:
+            raise SystemExit(f"--oracle_pairs {pairs_path}, line {n}: no {', '.join(missing)}; the oracle needs "
+                             "the embedded task's scenes (scripts/make_pairs.py on the synthetic set writes them)")
+        scenes[row["pair_id"]] = row
+    return scenes
+
+
+def accuracy_by_gap(rewards: dict | None, scenes: dict[str, dict], pairs_path: str) -> dict:
+    """Held-out accuracy by the demo oracle's score gap between the captions
+    (preference_demo.accuracy_by_oracle_margin) of rewards {"chosen", "rejected", "pair_id"}."""
+    if rewards is None:
+        return {"status": "not computed: no held-out rewards"}
+    if not rewards.get("pair_id"):
+        return {"status": "not computed: the held-out rewards carry no pair ids"}
+    unknown = [pid for pid in rewards["pair_id"] if pid not in scenes]
+    if unknown:  # a status, not an error: the runs' other figures are still written
+        return {"status": f"not computed: {len(unknown)} held-out pair ids are not in {pairs_path} "
+                          f"(first: {unknown[0]!r}); give the pairs file of --prefs"}
+    from reward_models import AttributeReward
+
+    oracle = AttributeReward(scoring=DEMO.oracle_scoring)
+    return DEMO_SCRIPT["accuracy_by_oracle_margin"](rewards["pair_id"], rewards["chosen"], rewards["rejected"],
+                                                    scenes, oracle)
 
 
 def with_extra(train, held_out, extra_path: str):
@@ -122,16 +163,18 @@ def with_extra(train, held_out, extra_path: str):
 
 def keep_held_out_rewards(trainer, held_out, path: Path) -> None:
     """After every evaluation, write the held-out pairs' rewards (mean over heads, in held-out
-    order) to `path`, replacing the last: what --ensemble averages over runs, kept for a run
-    the deadline stops after an evaluation."""
+    order) and their pair ids to `path`, replacing the last: what --ensemble averages over
+    runs and --oracle_pairs breaks down, kept for a run the deadline stops after an
+    evaluation."""
     predict = trainer.predict
 
     def predict_and_keep(dataset, image_from=None):
         pred = predict(dataset, image_from)
         if dataset is held_out and image_from is None:
             tmp = path.with_suffix(".tmp")  # a kill mid-write leaves the last complete file
+            ids = list(dataset["pair_id"]) if "pair_id" in dataset.column_names else None
             tmp.write_text(json.dumps({"step": trainer.step, "chosen": pred["chosen"].mean(-1).tolist(),
-                                       "rejected": pred["rejected"].mean(-1).tolist()}))
+                                       "rejected": pred["rejected"].mean(-1).tolist(), "pair_id": ids}))
             tmp.replace(path)
         return pred
 
@@ -180,6 +223,25 @@ def train_one(prefs: str, backbone: str, out: Path, settings: dict, eval_fractio
     (out / "result.json").write_text(json.dumps(result, indent=1))
 
 
+def read_rewards(folder: Path) -> dict | None:
+    """A run's last held-out rewards (keep_held_out_rewards), None if it never evaluated."""
+    path = folder / "held_out_rewards.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def print_gap_table(rows: list[tuple[str, dict]]) -> None:
+    """Held-out accuracy by oracle gap: a row per (run or ensemble, its breakdown), a column per
+    gap bucket."""
+    buckets = [name for _, name in DEMO_SCRIPT["GAP_BUCKETS"]]
+    print(f"{'oracle gap':<12} " + " ".join(f"{b:>15}" for b in buckets))
+    for name, by_gap in rows:
+        if "status" in by_gap:
+            print(f"{name:<12} {by_gap['status']}")
+            continue
+        cells = [f"{by_gap[b]['accuracy']:.3f} ({by_gap[b]['pairs']})" if b in by_gap else "-" for b in buckets]
+        print(f"{name:<12} " + " ".join(f"{c:>15}" for c in cells))
+
+
 def read_run(out: Path, name: str, settings: dict, status: str) -> dict:
     """A run's figures from its folder: per-epoch held-out accuracy from log_history.jsonl
     (kept when the run was stopped), and result.json when it finished."""
@@ -203,6 +265,8 @@ def main() -> None:
     p.add_argument("--ensemble", action="append", default=[],
                    help="NAME=RUN+RUN+... (repeat): held-out accuracy of these runs' mean reward")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--oracle_pairs", help="the pairs.jsonl of --prefs (embedded task): also report held-out "
+                   "accuracy by the demo oracle's score gap between the captions, per run and ensemble")
     p.add_argument("--train_extra", help="another export whose pairs the runs with extra=1 add to their training split")
     p.add_argument("--eval_fraction", type=float, default=DEMO.eval_fraction)
     p.add_argument("--seed", type=int, default=0)
@@ -226,6 +290,7 @@ def main() -> None:
     for flag, path in (("--prefs", args.prefs), ("--train_extra", args.train_extra)):
         if path is not None and not Path(path).is_dir():
             raise SystemExit(f"{flag} {path}: no such folder (a `mmft label export` output)")
+    scenes = load_scenes(args.oracle_pairs) if args.oracle_pairs else None
     if any(settings["extra"] for _, settings in runs) and args.train_extra is None:
         raise SystemExit("a run has extra=1: give the export to add with --train_extra")
     out = Path(args.out)
@@ -282,6 +347,18 @@ def main() -> None:
         figure = f"{e['accuracy']:.3f} (members {' '.join(f'{a:.3f}' for a in e['member_accuracy'])})" \
             if e["status"] == "done" else e["status"]
         print(f"ensemble {name}: {'+'.join(e['members'])}: {figure}")
+    if scenes is not None:
+        table = []
+        for name, _ in runs:
+            by_gap = accuracy_by_gap(read_rewards(out / name), scenes, args.oracle_pairs)
+            done[name]["held_out_accuracy_by_oracle_gap"] = by_gap
+            table.append((name, by_gap))
+        for name, e in combined.items():
+            e["accuracy_by_oracle_gap"] = accuracy_by_gap(e.get("rewards"), scenes, args.oracle_pairs)
+            table.append((f"ensemble {name}", e["accuracy_by_oracle_gap"]))
+        print_gap_table(table)
+    for e in combined.values():
+        e.pop("rewards", None)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"runs": [done[name] for name, _ in runs], "ensembles": combined,

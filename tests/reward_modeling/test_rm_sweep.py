@@ -115,3 +115,80 @@ def test_extra_pairs_must_come_with_an_export_of_other_images(tiny_vlm_dir, tmp_
                   "--run", "x:batch=8,extra=1")
     log = (tmp_path / "runs" / "x" / "log.txt").read_text()
     assert "of its images are among --prefs' held-out pairs" in log and str(tmp_path / "prefs") in log
+
+
+def test_accuracy_by_oracle_gap_per_run_and_ensemble(tiny_vlm_dir, tmp_path):
+    """--oracle_pairs: each run's and ensemble's held-out accuracy by the demo oracle's score gap,
+    equal to a hand computation from the saved rewards and the pairs file."""
+    import runpy
+
+    from datasets import Dataset
+
+    from mmft.data.synthetic import CAPTION_PROMPT, load_synthetic_captions
+    from mmft.label.export import _features
+    from reward_models import AttributeReward
+
+    scenes = list(load_synthetic_captions("train", 30))
+    rows = {k: [] for k in ("image", "prompt", "chosen", "rejected", "labeler", "time", "pair_id")}
+    lines = []
+    for i, scene in enumerate(scenes):  # rejected: another scene's caption, partly wrong for this one
+        chosen, rejected = scene["references"][0], scenes[(i + 1) % 30]["references"][i % 5]
+        for key, value in (("image", scene["image"]), ("prompt", [{"role": "user", "content": CAPTION_PROMPT}]),
+                           ("chosen", [{"role": "assistant", "content": chosen}]),
+                           ("rejected", [{"role": "assistant", "content": rejected}]), ("labeler", "oracle"),
+                           ("time", "2026-11-28T12:00:00.000+00:00"), ("pair_id", f"g{i}")):
+            rows[key].append(value)
+        lines.append(json.dumps({"pair_id": f"g{i}", "caption_a": rejected, "caption_b": chosen,
+                                 **{k: scene[k] for k in ("objects", "num_objects", "relation")}}))
+    Dataset.from_dict(rows, features=_features()).save_to_disk(str(tmp_path / "prefs"))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "sweep.json"
+    proc = _sweep(tmp_path, "--backbone", tiny_vlm_dir("llava"), "--json", str(out), "--oracle_pairs", str(pairs),
+                  "--run", "a:batch=8,epochs=1,lr=3e-3", "--run", "b:batch=8,epochs=1,lr=3e-3,seed=1",
+                  "--ensemble", "ab=a+b")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+
+    oracle = AttributeReward(scoring="net_correct")
+    by_id = {f"g{i}": scene for i, scene in enumerate(scenes)}
+    lookup = {json.loads(line)["pair_id"]: json.loads(line) for line in lines}
+
+    def gap(pid):
+        s = by_id[pid]
+        a, b = (oracle.score_one(lookup[pid][c], s["objects"], s["num_objects"], s["relation"])
+                for c in ("caption_a", "caption_b"))
+        return abs(a - b)
+
+    def by_hand(ids, chosen, rejected):
+        buckets = {}
+        for pid, c, r in zip(ids, chosen, rejected):
+            g = gap(pid)
+            key = ("< 0.1" if g < 0.1 else "0.1-0.2" if g < 0.2 else "0.2-0.3" if g < 0.3 else "0.3-0.4" if g < 0.4
+                   else "0.4-0.5" if g < 0.5 else ">= 0.5")
+            buckets.setdefault(key, []).append((c > r) + 0.5 * (c == r))
+        return {k: (pytest.approx(sum(v) / len(v)), len(v)) for k, v in buckets.items()}
+
+    saved = {n: json.loads((tmp_path / "runs" / n / "held_out_rewards.json").read_text()) for n in ("a", "b")}
+    for run in result["runs"]:
+        r = saved[run["name"]]
+        assert len(r["pair_id"]) == 6 and set(r["pair_id"]) <= set(lookup)
+        got = run["held_out_accuracy_by_oracle_gap"]
+        assert {k: (v["accuracy"], v["pairs"]) for k, v in got.items()} == by_hand(r["pair_id"], r["chosen"],
+                                                                                   r["rejected"])
+    assert len({round(gap(pid), 6) for pid in saved["a"]["pair_id"]}) > 1  # more than one gap among the six
+    ab = result["ensembles"]["ab"]
+    assert "rewards" not in ab  # the mean rewards are not written into the JSON
+    mean = {k: [(x + y) / 2 for x, y in zip(saved["a"][k], saved["b"][k])] for k in ("chosen", "rejected")}
+    assert {k: (v["accuracy"], v["pairs"]) for k, v in ab["accuracy_by_oracle_gap"].items()} == \
+        by_hand(saved["a"]["pair_id"], mean["chosen"], mean["rejected"])
+    assert "oracle gap" in proc.stdout
+
+    # A pairs file without the held-out ids: a status in place of the figures. One without scenes: refused.
+    sweep = runpy.run_path(str(ROOT / "scripts" / "rm_sweep.py"), run_name="rm_sweep")
+    other = sweep["accuracy_by_gap"](saved["a"], {"x": lookup["g0"]}, "other.jsonl")
+    assert other["status"].startswith("not computed: 6 held-out pair ids are not in other.jsonl")
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"pair_id": "g0", "caption_a": "a", "caption_b": "b"}) + "\n")
+    with pytest.raises(SystemExit, match="bare.jsonl, line 1: no objects, num_objects, relation"):
+        sweep["load_scenes"](str(bare))

@@ -109,19 +109,22 @@ def ensemble_accuracy(out: Path, members: list[str]) -> dict:
 
 
 def load_scenes(pairs_path: str) -> dict[str, dict]:
-    """pair id -> its line of a pairs file (captions and the embedded task's scene)."""
-    path = Path(pairs_path)
-    if not path.is_file():
-        raise SystemExit(f"--oracle_pairs {pairs_path}: no such file (the pairs.jsonl the export was labelled from)")
+    """pair id -> its captions and the embedded task's scene, from a pairs file read and
+    checked by `mmft.label.pairs.load_pairs` (what `mmft label serve` reads)."""
+    from mmft.label.pairs import PairsFileError, load_pairs
+
+    try:
+        pairs = load_pairs(pairs_path)
+    except PairsFileError as err:
+        raise SystemExit(f"--oracle_pairs: {err}") from None
     scenes = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        row = json.loads(line)
-        missing = [k for k in ("pair_id", "caption_a", "caption_b", "objects", "num_objects", "relation")
-                   if k not in row]
+    for pair in pairs:
+        missing = [k for k in ("objects", "num_objects", "relation") if k not in pair.metadata]
         if missing:
-            raise SystemExit(f"--oracle_pairs {pairs_path}, line {n}: no {', '.join(missing)}; the oracle needs "
-                             "the embedded task's scenes (scripts/make_pairs.py on the synthetic set writes them)")
-        scenes[row["pair_id"]] = row
+            raise SystemExit(f"--oracle_pairs {pairs_path}, line {pair.line}: no {', '.join(missing)}; the oracle "
+                             "needs the embedded task's scenes (scripts/make_pairs.py on the synthetic set writes "
+                             "them)")
+        scenes[pair.pair_id] = {**pair.metadata, "caption_a": pair.caption_a, "caption_b": pair.caption_b}
     return scenes
 
 

@@ -138,7 +138,9 @@ def test_accuracy_by_oracle_gap_per_run_and_ensemble(tiny_vlm_dir, tmp_path):
                            ("rejected", [{"role": "assistant", "content": rejected}]), ("labeler", "oracle"),
                            ("time", "2026-11-28T12:00:00.000+00:00"), ("pair_id", f"g{i}")):
             rows[key].append(value)
-        lines.append(json.dumps({"pair_id": f"g{i}", "caption_a": rejected, "caption_b": chosen,
+        scene["image"].save(tmp_path / f"g{i}.png")
+        lines.append(json.dumps({"pair_id": f"g{i}", "image": f"g{i}.png", "prompt": CAPTION_PROMPT,
+                                 "caption_a": rejected, "caption_b": chosen,
                                  **{k: scene[k] for k in ("objects", "num_objects", "relation")}}))
     Dataset.from_dict(rows, features=_features()).save_to_disk(str(tmp_path / "prefs"))
     pairs = tmp_path / "pairs.jsonl"
@@ -189,6 +191,12 @@ def test_accuracy_by_oracle_gap_per_run_and_ensemble(tiny_vlm_dir, tmp_path):
     other = sweep["accuracy_by_gap"](saved["a"], {"x": lookup["g0"]}, "other.jsonl")
     assert other["status"].startswith("not computed: 6 held-out pair ids are not in other.jsonl")
     bare = tmp_path / "bare.jsonl"
-    bare.write_text(json.dumps({"pair_id": "g0", "caption_a": "a", "caption_b": "b"}) + "\n")
+    bare.write_text(json.dumps({"pair_id": "g0", "image": "g0.png", "prompt": "p", "caption_a": "a",
+                                "caption_b": "b"}) + "\n")
     with pytest.raises(SystemExit, match="bare.jsonl, line 1: no objects, num_objects, relation"):
         sweep["load_scenes"](str(bare))
+    broken = tmp_path / "broken.jsonl"  # the pairs file checks of `mmft label serve`, naming file and line
+    broken.write_text('{"pair_id": "g0",\n')
+    with pytest.raises(SystemExit, match=r"--oracle_pairs: 1 problem\(s\) in .*broken.jsonl:\n.*broken.jsonl:1: "
+                                         "invalid JSON"):
+        sweep["load_scenes"](str(broken))

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -21,7 +20,17 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
+from mmft.checkpointing import (
+    TRAINABLE_STATE,
+    TRAINER_STATE,
+    checkpoint_folder,
+    load_rng_state,
+    resolve_checkpoint,
+    rotate_checkpoints,
+    save_rng_state,
+)
 from mmft.data.collator import PromptBatch, VLMCollator
+from mmft.distributed import all_gather_objects, all_reduce_sum, barrier, distributed  # noqa: F401 (re-exported)
 from mmft.models.arch import (
     critic_layer_count,
     freeze_vision_tower,
@@ -38,46 +47,11 @@ from mmft.rollout import Rollout, decode_responses, generate, stop_token_ids, tr
 
 logger = logging.getLogger("mmft")
 
-TRAINER_STATE = "trainer_state.json"
-TRAINABLE_STATE = "trainable_state.pt"
-
-
 def default_lora_config(target: str = "language", r: int = 16, alpha: int = 32, dropout: float = 0.0):
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_target_modules(target),
                       bias="none")
-
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed itself: under DeepSpeed on CPU,
-    accelerate's process_index / num_processes can report 0 / 1 on every rank."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if distributed()[1] > 1:
-        t = t.clone()
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def barrier() -> None:
-    # torch.distributed directly: accelerate's own view of the ranks can be wrong under
-    # DeepSpeed on CPU (see distributed()).
-    if distributed()[1] > 1:
-        torch.distributed.barrier()
-
-
-def all_gather_objects(obj) -> list:
-    world = distributed()[1]
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 
 class RLTrainer:
@@ -500,7 +474,8 @@ class RLTrainer:
         return {k: v.detach() for k, v in record.items()}
 
     # ------------------------------------------------------------------ the loop
-    def train(self, resume_from_checkpoint: str | None = None) -> list[dict]:
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict]:
+        """`resume_from_checkpoint`: a checkpoint folder, or True for the latest in output_dir."""
         args = self.args
         if resume_from_checkpoint:
             self.load_checkpoint(resume_from_checkpoint)
@@ -519,6 +494,7 @@ class RLTrainer:
             self.log(metrics)
             if args.save_steps and self.iteration % int(args.save_steps) == 0:
                 self.save_checkpoint()
+                rotate_checkpoints(args.output_dir, args.save_total_limit)
             bar.update(1)
             bar.set_postfix(score=f"{metrics.get('objective/scores', float('nan')):.3f}",
                             kl=f"{metrics.get('objective/kl', float('nan')):.3f}")
@@ -613,43 +589,28 @@ class RLTrainer:
         position. Written to a temporary folder and renamed, so an interrupted save never
         leaves a half checkpoint where the last complete one was."""
         directory = directory or os.path.join(self.args.output_dir, f"checkpoint-{self.iteration}")
-        rank, _ = distributed()
-        tmp = directory + ".tmp"
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-        barrier()
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, os.path.join(tmp, f"rng_state_{rank}.pt"))
-        if self.zero_stage:
-            # ZeRO shards optimizer state (and parameters at stage 3) over ranks: DeepSpeed
-            # writes every rank's shard; the frozen base is not written.
-            self.model.save_checkpoint(tmp, tag="deepspeed", exclude_frozen_parameters=True)
-        trainable = self._trainable_state()
-        if self.is_main:
-            torch.save(trainable, os.path.join(tmp, TRAINABLE_STATE))
-            if not self.zero_stage:
-                torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-            torch.save(self.lr_scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
-            state = {"iteration": self.iteration, "kl_ctl": self.kl_ctl.state_dict(),
-                     "skipped_prompts": self.skipped_prompts, "log_history": self.log_history,
-                     "reward_stats": self.rewards.state_dict(),
-                     "algorithm": self.algorithm}
-            Path(tmp, TRAINER_STATE).write_text(json.dumps(state, indent=1))
-        self.save_adapters(tmp)
-        barrier()
-        if self.is_main:
-            shutil.rmtree(directory, ignore_errors=True)
-            os.replace(tmp, directory)
-        barrier()
+        with checkpoint_folder(directory) as tmp:
+            save_rng_state(tmp)
+            if self.zero_stage:
+                # ZeRO shards optimizer state (and parameters at stage 3) over ranks: DeepSpeed
+                # writes every rank's shard; the frozen base is not written.
+                self.model.save_checkpoint(tmp, tag="deepspeed", exclude_frozen_parameters=True)
+            trainable = self._trainable_state()
+            if self.is_main:
+                torch.save(trainable, os.path.join(tmp, TRAINABLE_STATE))
+                if not self.zero_stage:
+                    torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+                torch.save(self.lr_scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+                state = {"iteration": self.iteration, "kl_ctl": self.kl_ctl.state_dict(),
+                         "skipped_prompts": self.skipped_prompts, "log_history": self.log_history,
+                         "reward_stats": self.rewards.state_dict(),
+                         "algorithm": self.algorithm}
+                Path(tmp, TRAINER_STATE).write_text(json.dumps(state, indent=1))
+            self.save_adapters(tmp)
         return directory
 
     def load_checkpoint(self, directory: str) -> None:
-        if not Path(directory, TRAINER_STATE).exists():
-            raise FileNotFoundError(f"{directory} is not a complete mmft checkpoint (no {TRAINER_STATE}).")
-        rank, _ = distributed()
+        directory = resolve_checkpoint(directory, self.args.output_dir)
         state = json.loads(Path(directory, TRAINER_STATE).read_text())
         if self.zero_stage:
             self.model.load_checkpoint(directory, tag="deepspeed", load_module_strict=False)
@@ -660,12 +621,7 @@ class RLTrainer:
                 raise ValueError(f"Checkpoint {directory} holds parameters this model lacks: {unexpected[:5]} ...")
             self.optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), weights_only=False))
         self.lr_scheduler.load_state_dict(torch.load(os.path.join(directory, "scheduler.pt")))
-        rng = torch.load(os.path.join(directory, f"rng_state_{rank}.pt"), weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        load_rng_state(directory)
         self.iteration = state["iteration"]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.skipped_prompts = state["skipped_prompts"]

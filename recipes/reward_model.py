@@ -15,6 +15,10 @@ GRPOTrainer; held-out pair accuracy and mean margin go to OUTPUT_DIR/eval_result
         --config recipes/configs/reward_model.yaml --dataset prefs/ --output_dir outputs/rm_zero3
     accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/reward_model.py ...
 
+`--save_steps N` writes OUTPUT_DIR/checkpoint-N every N steps (each loads as a reward model
+too; `--save_total_limit K` keeps the newest K); `--resume_from_checkpoint true` (or a
+checkpoint folder) continues an interrupted run with the batches it had next.
+
 (On CPU, `accelerate launch --cpu` starts one process whatever num_processes says; the
 second command is how two CPU processes get a gloo DDP group.)
 
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = RewardModelTrainer(model_path, args=args, train_dataset=train, eval_dataset=held_out,
                                  peft_config=peft_config)
     before = trainer.evaluate()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)  # a checkpoint-N folder, or true: the latest
     after = trainer.info.metrics
     trainer.save_model(args.output_dir)
     results = {"before": before, "after": after, "num_train_pairs": len(train), "num_eval_pairs": len(held_out)}

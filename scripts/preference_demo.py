@@ -35,7 +35,11 @@ Also recorded: the base's caption loss on test scenes with matched and with shuf
 images (`base_caption_loss`): equal values mean the base ignores the image.
 
 OUT (--json) holds rm_accuracy, oracle_before, oracle_after, the settings and the time of
-every stage. `--reward_model WORK_DIR/reward_model` runs the PPO stage alone on an earlier
+every stage. Each finished stage leaves WORK_DIR/stages/NAME.json (its results and time), and
+the reward model a checkpoint every `--rm_save_steps` steps: `--resume` continues a stopped
+run in the same WORK_DIR with the same settings (the labels the server acknowledged stay
+in its database, the reward model resumes from its latest checkpoint), so a run longer
+than a sitting can be done in several. `--reward_model WORK_DIR/reward_model` runs the PPO stage alone on an earlier
 run's reward model (its held-out figures read from the folder), e.g. at another
 `--ppo_kl_coef` or `--seed`. Departure from a human study: the oracle sees the scene's ground-truth
 attributes (pair metadata) instead of the image, so labels are noiseless.
@@ -48,6 +52,7 @@ import json
 import logging
 import os
 import runpy
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,6 +117,52 @@ class DemoSettings:
     # both): their pairs, labelled by the oracle, give rm_accuracy_unseen_scenes (0: skip).
     num_unseen_scenes: int = 2000
     seed: int = 0
+    # Reward-model checkpoints (the newest kept) for --resume: 250 steps are 3-4 minutes here.
+    rm_save_steps: int = 250
+
+
+class Stages:
+    """The stages a run has finished, in WORK/stages/NAME.json: `run` returns a finished
+    stage's recorded result (and time) instead of running it again."""
+
+    def __init__(self, work: Path, timings: dict[str, float]):
+        self.dir = work / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.timings = timings
+
+    def run(self, name: str, stage):
+        path = self.dir / f"{name}.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+            logging.info("stage %s: finished in an earlier run (%s), %.0f s", name, path, record["seconds"])
+        else:
+            t = time.time()
+            record = {"result": stage(), "seconds": time.time() - t}
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            os.replace(tmp, path)
+        self.timings[f"{name}_s"] = record["seconds"]
+        return record["result"]
+
+
+def check_resumable(work: Path, s: DemoSettings, resume: bool) -> None:
+    """A new run needs an empty WORK; `--resume` needs the settings WORK was started with."""
+    saved = work / "settings.json"
+    if not resume:
+        if work.exists() and any(work.iterdir()):
+            raise SystemExit(f"{work} is not empty; pass --resume to continue the run there, or remove it or "
+                             "pass another --work_dir.")
+        work.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(asdict(s), indent=1))
+        return
+    if not saved.exists():
+        raise SystemExit(f"--resume: {saved} is missing; {work} holds no preference_demo run to continue.")
+    before = json.loads(saved.read_text())
+    differ = {k: (before.get(k), v) for k, v in asdict(s).items() if before.get(k) != v}
+    if differ:
+        raise SystemExit(f"--resume: {work} was started with other settings ("
+                         + ", ".join(f"{k}: {a} then, {b} now" for k, (a, b) in differ.items())
+                         + "); resume with the same ones, or start a new run in another --work_dir.")
 
 
 def free_port() -> int:
@@ -182,6 +233,27 @@ def label_over_http(url: str, token: str, scenes: dict[str, dict], oracle) -> di
             choice = oracle_choice(oracle, pair["caption_a"], pair["caption_b"], scenes[pair["pair_id"]])
             client.post("/api/label", json={"pair_id": pair["pair_id"], "choice": choice}).raise_for_status()
             counts[choice] += 1
+
+
+def label_with_oracle(work: Path, pairs: Path, db: Path, scenes: dict[str, dict], oracle) -> dict[str, int]:
+    """Stage 2: the oracle labeler's token (kept in WORK, so a resumed run labels on as the
+    same labeler), a server, every pair not yet labelled; the labels in the database by choice."""
+    from mmft.label import storage
+
+    token_file = work / "oracle_token"
+    if not token_file.exists():
+        token_file.write_text(label_cli("add-labeler", "oracle", "--db", str(db)).stdout.strip())
+    server = Server(pairs, db)
+    try:
+        label_over_http(server.url, token_file.read_text().strip(), scenes, oracle)
+    finally:
+        server.stop()
+    conn = storage.connect(db)
+    try:
+        choices = [row.choice for row in storage.read_labels(conn) if row.labeler == "oracle"]
+    finally:
+        conn.close()
+    return {c: choices.count(c) for c in ("A", "B", "tie")}
 
 
 def oracle_scores(trainer, dataset) -> tuple[dict[str, float], list[str]]:
@@ -271,6 +343,7 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
     backbone_scenes = s.rm_backbone_scenes if s.rm_backbone_steps > 0 else DemoBaseSpec().num_scenes
     offset = max(s.num_pair_images, backbone_scenes)
     path = work / "unseen" / "pairs.jsonl"
+    shutil.rmtree(path.parent, ignore_errors=True)  # a resumed run's half-written ones
     make_pairs(path, model=base, num_images=s.num_unseen_scenes, offset=offset,
                samples_per_image=s.samples_per_image, pairs_per_image=s.pairs_per_image,
                temperature=s.pair_temperature, batch_size=64, seed=s.seed + 1)
@@ -297,73 +370,78 @@ def unseen_scene_accuracy(make_pairs, base: str, rm_dir: Path, work: Path, s: De
 def preference_stages(work: Path, s: DemoSettings, base: str, oracle, min_rm_accuracy: float,
                       timings: dict[str, float]) -> tuple[Path, str, dict]:
     """Stages 1-4 (and the unseen scenes): the reward-model folder, its backbone, OUT's fields."""
+    from mmft.checkpointing import complete_checkpoints
     from mmft.demo import DemoBaseSpec, build_demo_base
     from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
     from mmft.reward_modeling.data import held_out_split, load_preferences
     from mmft.rl_trainer import default_lora_config
 
+    stages = Stages(work, timings)
     # 1. Pairs from the demo base.
-    t = time.time()
     make_pairs = runpy.run_path(str(ROOT / "scripts" / "make_pairs.py"), run_name="make_pairs")["make_pairs"]
     pairs = work / "pairs" / "pairs.jsonl"
-    pair_summary = make_pairs(pairs, model=base, num_images=s.num_pair_images,
-                              samples_per_image=s.samples_per_image, pairs_per_image=s.pairs_per_image,
-                              temperature=s.pair_temperature, batch_size=64, seed=s.seed)
-    scenes = {r["pair_id"]: r for r in map(json.loads, pairs.read_text().splitlines())}
-    timings["make_pairs_s"] = time.time() - t
 
-    # 2. Oracle labels through a real server's HTTP API.
-    t = time.time()
+    def pairs_stage() -> dict:
+        if pairs.parent.exists():  # a run stopped while writing them
+            shutil.rmtree(pairs.parent)
+        return make_pairs(pairs, model=base, num_images=s.num_pair_images, samples_per_image=s.samples_per_image,
+                          pairs_per_image=s.pairs_per_image, temperature=s.pair_temperature, batch_size=64,
+                          seed=s.seed)
+
+    pair_summary = stages.run("make_pairs", pairs_stage)
+    scenes = {r["pair_id"]: r for r in map(json.loads, pairs.read_text().splitlines())}
+
+    # 2. Oracle labels through a real server's HTTP API (a resumed run labels what is left).
     db = work / "labels.sqlite"
-    token = label_cli("add-labeler", "oracle", "--db", str(db)).stdout.strip()
-    server = Server(pairs, db)
-    try:
-        counts = label_over_http(server.url, token, scenes, oracle)
-    finally:
-        server.stop()
-    timings["labelling_s"] = time.time() - t
+    counts = stages.run("labelling", lambda: label_with_oracle(work, pairs, db, scenes, oracle))
 
     # 3. Export.
-    t = time.time()
     export = work / "prefs"
-    label_cli("export", "--db", str(db), "--output", str(export))
+
+    def export_stage() -> dict:
+        if export.exists():
+            shutil.rmtree(export)
+        label_cli("export", "--db", str(db), "--output", str(export))
+        return {"rows": len(load_preferences(export))}
+
+    stages.run("export", export_stage)
     prefs = load_preferences(export)
     train, held_out = held_out_split(prefs, s.eval_fraction, s.seed)
-    timings["export_s"] = time.time() - t
 
     # 4. Reward model on the export, on its backbone (built once, then cached like the demo base).
     t = time.time()
     rm_spec = DemoBaseSpec(steps=s.rm_backbone_steps, num_scenes=s.rm_backbone_scenes)
     rm_base = base if s.rm_backbone_steps <= 0 else str(build_demo_base(rm_spec))
     timings["rm_backbone_s"] = time.time() - t
-    t = time.time()
     rm_dir = work / "reward_model"
-    rm_args = RewardModelConfig(output_dir=str(rm_dir), num_train_epochs=s.rm_epochs, learning_rate=s.rm_learning_rate,
-                                per_device_train_batch_size=s.rm_batch_size, logging_steps=20, seed=s.seed,
-                                max_completion_length=64, likelihood_term=s.rm_likelihood,
-                                pooling=s.rm_pooling, group_by_image=s.rm_group_by_image)
-    rm_trainer = RewardModelTrainer(rm_base, args=rm_args, train_dataset=train, eval_dataset=held_out,
-                                    peft_config=default_lora_config("language", s.rm_lora_r, 2 * s.rm_lora_r))
-    rm_trainer.train()
-    rm_trainer.save_model()
-    rm_metrics = rm_trainer.info.metrics
-    pred = rm_trainer.predict(held_out)
-    rm_by_margin = accuracy_by_oracle_margin(held_out["pair_id"], pred["chosen"].mean(-1), pred["rejected"].mean(-1),
-                                             scenes, oracle)
-    del rm_trainer
-    timings["reward_model_s"] = time.time() - t
+
+    def reward_model_stage() -> dict:
+        rm_args = RewardModelConfig(output_dir=str(rm_dir), num_train_epochs=s.rm_epochs,
+                                    learning_rate=s.rm_learning_rate, per_device_train_batch_size=s.rm_batch_size,
+                                    logging_steps=20, seed=s.seed, max_completion_length=64,
+                                    likelihood_term=s.rm_likelihood, pooling=s.rm_pooling,
+                                    group_by_image=s.rm_group_by_image, save_steps=s.rm_save_steps,
+                                    save_total_limit=1)
+        rm_trainer = RewardModelTrainer(rm_base, args=rm_args, train_dataset=train, eval_dataset=held_out,
+                                        peft_config=default_lora_config("language", s.rm_lora_r, 2 * s.rm_lora_r))
+        rm_trainer.train(resume_from_checkpoint=bool(complete_checkpoints(rm_dir)))
+        rm_trainer.save_model()
+        pred = rm_trainer.predict(held_out)
+        return {"metrics": rm_trainer.info.metrics, "by_margin": accuracy_by_oracle_margin(
+            held_out["pair_id"], pred["chosen"].mean(-1), pred["rejected"].mean(-1), scenes, oracle)}
+
+    rm = stages.run("reward_model", reward_model_stage)
+    rm_metrics = rm["metrics"]
     unseen = None
     if s.num_unseen_scenes > 0:
-        t = time.time()
-        unseen = unseen_scene_accuracy(make_pairs, base, rm_dir, work, s, oracle)
-        timings["unseen_scenes_s"] = time.time() - t
+        unseen = stages.run("unseen_scenes", lambda: unseen_scene_accuracy(make_pairs, base, rm_dir, work, s, oracle))
     if rm_metrics["eval/accuracy"] < min_rm_accuracy:
         logging.warning("reward model held-out accuracy %.3f is under %.2f", rm_metrics["eval/accuracy"],
                         min_rm_accuracy)
     return rm_dir, rm_base, {
         "rm_accuracy": rm_metrics["eval/accuracy"],
         "rm_accuracy_shuffled_images": rm_metrics.get("eval/accuracy_shuffled_images"),
-        "rm_accuracy_by_oracle_margin": rm_by_margin,
+        "rm_accuracy_by_oracle_margin": rm["by_margin"],
         "rm_margin": rm_metrics["eval/margin"],
         "rm_accuracy_unseen_scenes": unseen,
         "pairs": pair_summary["pairs"],
@@ -410,6 +488,7 @@ def run(work: Path, s: DemoSettings, min_rm_accuracy: float, reward_model: Path 
 
     # 5-6. PPO with the learned reward; oracle accuracy of greedy captions before and after.
     t = time.time()
+    shutil.rmtree(work / "ppo", ignore_errors=True)  # a resumed run's unfinished PPO starts over
     ppo_args = PPOConfig(output_dir=str(work / "ppo"), max_steps=s.ppo_steps, per_device_train_batch_size=s.ppo_batch_size,
                          gradient_accumulation_steps=s.ppo_grad_accum, num_ppo_epochs=s.ppo_epochs,
                          learning_rate=s.ppo_learning_rate, kl_coef=s.ppo_kl_coef, max_new_tokens=32, temperature=1.0,
@@ -450,6 +529,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", required=True, help="where to write the results")
     p.add_argument("--work_dir", default=None, help="pairs, labels, export, models (default: beside --json)")
     p.add_argument("--min_rm_accuracy", type=float, default=0.9, help="held-out accuracy the reward model must reach")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run in --work_dir (same settings): finished stages are read from "
+                        "WORK_DIR/stages, labelling goes on from the database, the reward model from its checkpoint")
     p.add_argument("--reward_model", type=Path, default=None,
                    help="an earlier run's reward-model folder (WORK_DIR/reward_model): skip the pairs, labels and "
                         "reward-model training, and run the PPO stage with it (e.g. at another --ppo_kl_coef)")
@@ -462,9 +544,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(args.json)
     work = Path(args.work_dir) if args.work_dir else out.with_suffix("") .parent / (out.stem + "_work")
-    if work.exists() and any(work.iterdir()):
-        raise SystemExit(f"{work} is not empty; remove it or pass another --work_dir.")
-    work.mkdir(parents=True, exist_ok=True)
+    check_resumable(work, settings, args.resume)
     t = time.time()
     results = run(work, settings, args.min_rm_accuracy, args.reward_model)
     results["total_s"] = time.time() - t

@@ -28,6 +28,10 @@ class RewardModelConfig(TrainingArguments):
                                                                   "at the end)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every column (image, margin)."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Linear warmup: steps, or a share of them if < 1."})
+    save_steps: float = field(default=0, metadata={"help": "Checkpoint every N optimizer steps (a share of them if "
+                                                          "< 1; 0: none) to OUTPUT_DIR/checkpoint-N, which "
+                                                          "train(resume_from_checkpoint=...) continues from and "
+                                                          "LearnedReward loads; save_total_limit keeps the newest."})
 
     # The reward model
     num_heads: int = field(default=1, metadata={"help": "K scalar heads (an ensemble when K > 1): the reward is "

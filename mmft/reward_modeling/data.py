@@ -101,7 +101,35 @@ def pair_keys(dataset) -> list[tuple] | None:
     return list(zip(images, prompts))
 
 
-class GroupedSampler(torch.utils.data.Sampler):
+class EpochSampler(torch.utils.data.Sampler):
+    """Every row once per epoch, in an order that is a function of (seed, epoch) alone, so a
+    resumed run draws the batches the interrupted one would have: `set_epoch(e)` picks the
+    order, `skip_rows(n)` starts the next pass n rows into it (once)."""
+
+    def __init__(self, num_rows: int, seed: int = 0):
+        self.num_rows = num_rows
+        self.seed = seed
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_rows(self, n: int) -> None:
+        self.skip = n
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def order(self, g: torch.Generator) -> list[int]:
+        return torch.randperm(self.num_rows, generator=g).tolist()
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        yield from self.order(torch.Generator().manual_seed(self.seed + self.epoch))[skip:]
+
+
+class GroupedSampler(EpochSampler):
     """Every row once per epoch, rows with equal `keys` next to each other: the groups in a
     seeded random order (a new one each `set_epoch`), the rows of a group shuffled too.
     Consecutive batches of this order then hold a few images with all their pairs (make_pairs
@@ -109,25 +137,18 @@ class GroupedSampler(torch.utils.data.Sampler):
     collator scores once each instead of once per pair."""
 
     def __init__(self, keys: list, seed: int = 0):
+        super().__init__(len(keys), seed)
         groups: dict = {}
         for i, key in enumerate(keys):
             groups.setdefault(key, []).append(i)
         self.groups = list(groups.values())
-        self.num_rows = len(keys)
-        self.seed = seed
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_rows
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+    def order(self, g: torch.Generator) -> list[int]:
+        out = []
         for k in torch.randperm(len(self.groups), generator=g).tolist():
             rows = self.groups[k]
-            yield from (rows[j] for j in torch.randperm(len(rows), generator=g).tolist())
+            out.extend(rows[j] for j in torch.randperm(len(rows), generator=g).tolist())
+        return out
 
 
 def held_out_split(dataset, fraction: float, seed: int = 0):

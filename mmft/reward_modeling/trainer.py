@@ -15,6 +15,11 @@ Each optimizer step:
 Held-out pair accuracy and mean reward margin are computed every `eval_steps` and at
 the end, gathered over ranks, and the accuracy with the held-out images shuffled among
 the pairs (does the model read the image?).
+
+Every `save_steps` a checkpoint (adapter, heads, optimizer, scheduler, RNG states, the
+position in the epoch's seeded pair order) goes to OUTPUT_DIR/checkpoint-STEP; `train(
+resume_from_checkpoint=...)` continues from one as if never interrupted (the same batches,
+losses and weights), and the folder also loads as a reward model (`LearnedReward`).
 """
 
 from __future__ import annotations
@@ -29,16 +34,26 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mmft.checkpointing import (
+    TRAINABLE_STATE,
+    TRAINER_STATE,
+    checkpoint_folder,
+    load_rng_state,
+    resolve_checkpoint,
+    rotate_checkpoints,
+    save_rng_state,
+)
 from mmft.data.errors import DataError
+from mmft.distributed import distributed
 from mmft.models.arch import freeze_vision_tower, text_hidden_size
 from mmft.models.loading import load_processor, load_vlm
 from mmft.reward_modeling import core
 from mmft.reward_modeling.config import RewardModelConfig
-from mmft.reward_modeling.data import GroupedSampler, pair_keys, unidentified_image_rows
+from mmft.reward_modeling.data import EpochSampler, GroupedSampler, pair_keys, unidentified_image_rows
 from mmft.reward_modeling.model import (
     RewardEncoder,
     RewardModel,
@@ -186,10 +201,11 @@ class RewardModelTrainer:
             raise DataError(f"group_by_image needs images the trainer can identify (a file path or bytes per row, "
                             f"as mmft label export writes): train_dataset row {bad[0]} has none ({len(bad)} of "
                             f"{len(train_dataset)} rows); set group_by_image=False for this dataset.")
-        g = torch.Generator().manual_seed(args.seed)
-        order = ({"sampler": GroupedSampler(self.train_keys, args.seed)} if args.group_by_image
-                 else {"shuffle": True, "generator": g})
-        loader = DataLoader(_Indices(len(train_dataset)), batch_size=args.per_device_train_batch_size, **order,
+        # Each epoch's order is a function of (seed, epoch), so a resumed run draws the same batches.
+        self.train_sampler = (GroupedSampler(self.train_keys, args.seed) if args.group_by_image
+                              else EpochSampler(len(train_dataset), args.seed))
+        loader = DataLoader(_Indices(len(train_dataset)), batch_size=args.per_device_train_batch_size,
+                            sampler=self.train_sampler,
                             collate_fn=lambda idx: self.collate(train_dataset, idx, keys=self.train_keys),
                             **self.loader_workers())
         # The loader sharded over ranks gives the batches per epoch on this rank.
@@ -208,6 +224,10 @@ class RewardModelTrainer:
         self.boot = (core.bootstrap_weights(len(train_dataset), args.num_heads, args.seed)
                      if args.bootstrap else torch.ones(len(train_dataset), args.num_heads))
         self.step = 0
+        # Where training stands in its data (saved in checkpoints): the epoch, this rank's
+        # micro-batches of it so far, and the training metrics not yet logged.
+        self.epoch, self.batches_in_epoch = 0, 0
+        self.running: dict[str, list[float]] = {}
         self.log_history: list[dict] = []
         if self.accelerator.is_main_process:
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -258,16 +278,25 @@ class RewardModelTrainer:
         return self.accelerator.unwrap_model(self.model)
 
     # ------------------------------------------------------------------ training
-    def train(self) -> list[dict]:
+    def train(self, resume_from_checkpoint: str | os.PathLike | bool | None = None) -> list[dict]:
+        """`resume_from_checkpoint`: a checkpoint folder, or True for the latest complete one in
+        output_dir; training continues from it with the batches the interrupted run had next."""
         args = self.args
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, args.output_dir)
+        if checkpoint:
+            self.load_checkpoint(checkpoint)
         self.model.train()
-        bar = tqdm(total=self.total_steps, desc="Reward model", disable=not self.accelerator.is_main_process)
-        running: dict[str, list[float]] = {}
-        epoch = 0
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="Reward model",
+                   disable=not self.accelerator.is_main_process)
+        running = self.running
+        save_steps = self.save_interval()
         while self.step < self.total_steps:
-            if hasattr(self.train_loader, "set_epoch"):
-                self.train_loader.set_epoch(epoch)
+            self.train_loader.set_epoch(self.epoch)
+            if self.batches_in_epoch:  # resumed mid-epoch: the rows every rank's batches so far held
+                self.train_sampler.skip_rows(self.batches_in_epoch * args.per_device_train_batch_size
+                                             * self.accelerator.num_processes)
             for batch in self.train_loader:
+                self.batches_in_epoch += 1
                 with self.accelerator.accumulate(self.model):
                     # 1-2. The batch's distinct captions in one forward: rewards [U, K], then [B, K] each.
                     rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
@@ -308,9 +337,15 @@ class RewardModelTrainer:
                     if eval_now:
                         metrics.update(self.evaluate())
                     self.log(metrics)
+                if save_steps and self.step % save_steps == 0:
+                    self.running = running
+                    self.save_checkpoint()
+                    rotate_checkpoints(args.output_dir, args.save_total_limit)
                 if self.step >= self.total_steps:
                     break
-            epoch += 1
+            else:
+                self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        self.running = running
         bar.close()
         if self.eval_dataset is not None:
             final = self.evaluate()
@@ -408,6 +443,84 @@ class RewardModelTrainer:
                     json.dump(self.log_history, f, indent=1)
         self.accelerator.wait_for_everyone()
         return str(output_dir)
+
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_interval(self) -> int:
+        """Optimizer steps between checkpoints: `save_steps`, or that share of the run if < 1
+        (0: no checkpoints)."""
+        every = self.args.save_steps or 0
+        if self.args.save_strategy != "steps" or every <= 0:
+            return 0
+        return int(every) if every >= 1 else max(1, math.ceil(every * self.total_steps))
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
+    def save_checkpoint(self, directory: str | None = None) -> str:
+        """OUTPUT_DIR/checkpoint-STEP: the reward-model folder (`LearnedReward` loads it), the
+        optimizer and scheduler, every rank's RNG states, and the position in the data.
+        Collective (every rank calls it); written under a temporary name and renamed."""
+        directory = directory or os.path.join(self.args.output_dir, f"checkpoint-{self.step}")
+        with checkpoint_folder(directory) as tmp:
+            save_rng_state(tmp)
+            # This rank's training metrics since the last log (each rank logs its own mean).
+            Path(tmp, f"running_{distributed()[0]}.json").write_text(json.dumps(self.running))
+            if self.deepspeed:  # every rank writes its optimizer (and ZeRO-3 parameter) shards
+                self.model.save_checkpoint(tmp, tag="deepspeed", exclude_frozen_parameters=True)
+            self.save_model(tmp)
+            if self.accelerator.is_main_process:
+                if not self.deepspeed:
+                    trainable = {n: p.detach().cpu() for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+                    torch.save(trainable, os.path.join(tmp, TRAINABLE_STATE))
+                    torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+                torch.save(self.lr_scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+                state = {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
+                         "log_history": self.log_history,
+                         "num_train_pairs": len(self.train_dataset),
+                         "per_device_train_batch_size": self.args.per_device_train_batch_size,
+                         "num_processes": self.accelerator.num_processes,
+                         "group_by_image": bool(self.args.group_by_image), "seed": self.args.seed}
+                Path(tmp, TRAINER_STATE).write_text(json.dumps(state, indent=1))
+        return directory
+
+    def load_checkpoint(self, directory: str) -> None:
+        """Restores what `save_checkpoint` wrote; the data must be batched as it was (the same
+        number of training pairs, batch size, processes, grouping and seed), or the position
+        in it would point at other pairs."""
+        state = json.loads(Path(directory, TRAINER_STATE).read_text())
+        now = {"num_train_pairs": len(self.train_dataset),
+               "per_device_train_batch_size": self.args.per_device_train_batch_size,
+               "num_processes": self.accelerator.num_processes,
+               "group_by_image": bool(self.args.group_by_image), "seed": self.args.seed}
+        differ = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
+        if differ:
+            raise ValueError(f"Cannot resume from {directory}: its data was batched differently "
+                             + ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in differ.items())
+                             + ". Resume with the same training pairs, batch size, number of processes, "
+                               "group_by_image and seed, or start a new run in another output_dir.")
+        if self.deepspeed:
+            self.model.load_checkpoint(directory, tag="deepspeed", load_module_strict=False)
+        else:
+            saved = torch.load(os.path.join(directory, TRAINABLE_STATE))
+            trainable = {n for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+            if set(saved) != trainable:
+                raise ValueError(f"Checkpoint {directory} was trained with other adapters or heads than this model "
+                                 f"has: only there {sorted(set(saved) - trainable)[:3]}, only here "
+                                 f"{sorted(trainable - set(saved))[:3]} (LoRA targets, rank, num_heads, pooling "
+                                 "and likelihood_term must match).")
+            self.unwrapped.load_state_dict(saved, strict=False)
+            self.optimizer.load_state_dict(torch.load(os.path.join(directory, "optimizer.pt"), weights_only=False))
+        self.lr_scheduler.load_state_dict(torch.load(os.path.join(directory, "scheduler.pt")))
+        load_rng_state(directory)
+        self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
+        if self.batches_in_epoch >= len(self.train_loader):  # saved on an epoch's last batch
+            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        self.running = json.loads(Path(directory, f"running_{distributed()[0]}.json").read_text())
+        self.log_history = state["log_history"]
+        logger.info("Resumed the reward model from %s at step %d (epoch %d, batch %d of it)", directory, self.step,
+                    self.epoch, self.batches_in_epoch)
 
 
 def _gathered(params: list[torch.nn.Parameter]):

@@ -174,11 +174,12 @@ def test_reward_model_recipe_under_zero3_is_loadable(tiny_vlm_dir, tmp_path):
     data = tmp_path / "prefs"
     prefs(16).save_to_disk(str(data))
     out = tmp_path / "rm"
-    proc = launch("cpu_zero3.yaml", [os.path.join(ROOT, "recipes", "reward_model.py"), "--config",
-                                     os.path.join(ROOT, "recipes", "configs", "reward_model.yaml"),
-                                     "--model_name_or_path", tiny_vlm_dir("llava"), "--dataset", str(data),
-                                     "--output_dir", str(out), "--max_steps", "2",
-                                     "--per_device_train_batch_size", "2", "--eval_fraction", "0.25"], tmp_path)
+    command = [os.path.join(ROOT, "recipes", "reward_model.py"), "--config",
+               os.path.join(ROOT, "recipes", "configs", "reward_model.yaml"),
+               "--model_name_or_path", tiny_vlm_dir("llava"), "--dataset", str(data), "--max_steps", "2",
+               "--per_device_train_batch_size", "2", "--eval_fraction", "0.25", "--save_steps", "1",
+               "--output_dir", str(out)]
+    proc = launch("cpu_zero3.yaml", command, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "eval_results.json").read_text())
     assert results["num_train_pairs"] == 12 and results["after"]["eval/num_pairs"] == 4  # gathered over ranks
@@ -187,6 +188,21 @@ def test_reward_model_recipe_under_zero3_is_loadable(tiny_vlm_dir, tmp_path):
     row = prefs(1, offset=900)[0]
     scores = reward(prompts=[row["prompt"]], completions=[row["chosen"]], image=[row["image"]])
     assert len(scores) == 1 and torch.isfinite(torch.tensor(scores)).all()
+
+    # Resumed from its step-1 checkpoint (DeepSpeed's optimizer shards, every rank's data
+    # position): the same step-2 reward model as the run that never stopped.
+    assert (out / "checkpoint-1" / "deepspeed").is_dir() and (out / "checkpoint-2").is_dir()
+    resumed = tmp_path / "rm_resumed"
+    proc = launch("cpu_zero3.yaml", [*command[:-2], "--output_dir", str(resumed),
+                                     "--resume_from_checkpoint", str(out / "checkpoint-1")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resumed the reward model from" in proc.stderr
+    again = LearnedReward(resumed)(prompts=[row["prompt"]], completions=[row["chosen"]], image=[row["image"]])
+    assert again == pytest.approx(scores, abs=1e-6)
+    history = [{k: v for k, v in e.items() if not k.startswith("eval/")}
+               for e in json.loads((resumed / "log_history.json").read_text())]
+    assert history == [{k: v for k, v in e.items() if not k.startswith("eval/")}
+                       for e in json.loads((out / "log_history.json").read_text())]
 
 
 def _reward_modeling_conftest():

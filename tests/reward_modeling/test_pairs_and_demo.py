@@ -57,8 +57,8 @@ def test_preference_demo_reduced(tmp_path):
     subprocess.run([sys.executable, "scripts/preference_demo.py", "--json", str(out), "--num_pair_images", "16",
                     "--samples_per_image", "3", "--pairs_per_image", "3",
                     "--rm_epochs", "1", "--ppo_steps", "2", "--ppo_batch_size", "8", "--num_eval_scenes", "16",
-                    "--num_unseen_scenes", "6", "--min_rm_accuracy", "0", "--rm_backbone_steps", "0"], cwd=ROOT, env=env, check=True,
-                   timeout=1800)
+                    "--num_unseen_scenes", "6", "--min_rm_accuracy", "0", "--rm_backbone_steps", "0",
+                    "--rm_batch_size", "8", "--rm_save_steps", "2"], cwd=ROOT, env=env, check=True, timeout=1800)
     res = json.loads(out.read_text())
     assert 16 < res["pairs"] <= 48  # up to 3 distinct pairs of 3 samples per scene
     assert sum(res["labels"].values()) == res["pairs"]  # every pair labelled over HTTP
@@ -102,7 +102,53 @@ def test_preference_demo_reduced(tmp_path):
     assert res2["rm_accuracy"] == res["rm_accuracy"] and res2["rm_mounted"]  # read from the folder
     assert res2["oracle_before"] == res["oracle_before"]  # the same base's greedy captions
     assert res2["settings"]["ppo_kl_coef"] == 0.3 and "make_pairs_s" not in res2["timings_s"]
-    assert sorted(p.name for p in (tmp_path / "again_work").iterdir()) == ["ppo"]  # no pairs, labels or model
+    assert sorted(p.name for p in (tmp_path / "again_work").iterdir()) == ["ppo", "settings.json"]  # no pairs etc.
+
+    _resume_labelling_and_reward_model(tmp_path / "demo_work", out, res, env)
+
+
+def _resume_labelling_and_reward_model(work, out, res, env):
+    """--resume after a stop in the labelling (labels undone: the same labeler labels just
+    those again over HTTP) and in the reward model's training (it goes on from its newest
+    checkpoint to the same model as the run that never stopped); finished stages are not redone."""
+    from mmft.label import storage
+    from reward_models import AttributeReward
+
+    demo = runpy.run_path(str(ROOT / "scripts" / "preference_demo.py"))
+    conn = storage.connect(work / "labels.sqlite")
+    undone = [storage.undo_last(conn, "oracle") for _ in range(5)]
+    conn.close()
+    assert all(undone)
+    pairs = work / "pairs" / "pairs.jsonl"
+    scenes = {r["pair_id"]: r for r in map(json.loads, pairs.read_text().splitlines())}
+    oracle = AttributeReward(scoring="net_correct")
+    assert demo["label_with_oracle"](work, pairs, work / "labels.sqlite", scenes, oracle) == res["labels"]
+
+    checkpoints = sorted((work / "reward_model").glob("checkpoint-*"))
+    final_step = json.loads((work / "reward_model" / "log_history.json").read_text())[-1]["step"]
+    assert len(checkpoints) == 1 and int(checkpoints[0].name.split("-")[1]) < final_step  # save_total_limit 1
+    for stage in ("reward_model", "unseen_scenes"):
+        (work / "stages" / f"{stage}.json").unlink()
+    before = {p.name: p.stat().st_mtime for p in (work / "stages").iterdir()}
+    args = json.loads(out.read_text())["command"].split()[2:]
+    proc = subprocess.run([sys.executable, "scripts/preference_demo.py", *args, "--resume"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Resumed the reward model from {checkpoints[0]}" in proc.stderr
+    resumed = json.loads(out.read_text())
+    for key in ("rm_accuracy", "rm_margin", "rm_accuracy_by_oracle_margin", "labels", "train_pairs", "pairs"):
+        assert resumed[key] == res[key], key
+    assert resumed["timings_s"]["make_pairs_s"] == res["timings_s"]["make_pairs_s"]  # read back, not rerun
+    assert {n: t for n, t in before.items()} == {p.name: p.stat().st_mtime for p in (work / "stages").iterdir()
+                                                  if p.name in before}
+
+    # Other settings, or a folder that holds no run, are refused before anything runs.
+    proc = subprocess.run([sys.executable, "scripts/preference_demo.py", *args, "--resume", "--rm_epochs", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "rm_epochs: 1.0 then, 2.0 now" in proc.stderr
+    proc = subprocess.run([sys.executable, "scripts/preference_demo.py", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "pass --resume" in proc.stderr
 
 
 def test_oracle_export_labels_every_pair_in_process(tiny_vlm_dir, tmp_path):

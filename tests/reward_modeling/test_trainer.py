@@ -153,3 +153,74 @@ def test_evaluation_keeps_its_own_schedule(tiny_vlm_dir, tmp_path):
     eval_steps = [h["step"] for h in history if "eval/accuracy" in h]
     assert train_steps == [3, 5]  # every logging_steps, and the last step
     assert eval_steps == [2, 4, 5]  # every eval_steps, and the final evaluation
+
+
+def _trainable(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.unwrapped.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("group_by_image,gas", [(False, 1), (True, 2)])
+def test_resume_matches_uninterrupted_run(group_by_image, gas, tiny_vlm_dir, tmp_path):
+    """Checkpoints every 2 steps (the 2 newest kept); a new trainer resumed from step 4, which
+    lies inside an epoch (and, with accumulation, in the second), ends with the same losses,
+    logs and weights as the run that never stopped; the last checkpoint loads as a reward."""
+    from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
+    from reward_models.learned import LearnedReward
+
+    # 20 pairs of 5 scenes x 4 pairs each when grouped (one image per scene), 5 batches of 4 an epoch.
+    train = preference_dataset(20)
+    if group_by_image:
+        train = train.cast_column("image", train.features["image"]).map(
+            lambda row, i: {"image": train[i - i % 4]["image"]}, with_indices=True)
+    held_out = preference_dataset(4, offset=200)
+
+    def trainer(out, **kw):
+        args = RewardModelConfig(output_dir=str(tmp_path / out), max_steps=6, per_device_train_batch_size=4,
+                                 gradient_accumulation_steps=gas, learning_rate=3e-3, logging_steps=3, seed=0,
+                                 save_steps=2, save_total_limit=2, group_by_image=group_by_image,
+                                 eval_shuffled_images=False, **kw)
+        return RewardModelTrainer(tiny_vlm_dir("llava"), args=args, train_dataset=train, eval_dataset=held_out)
+
+    full = trainer("full")
+    full.train()
+    assert sorted(p.name for p in (tmp_path / "full").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    state = json.loads((tmp_path / "full" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"]) == ((0, 4) if gas == 1 else (1, 2))
+
+    resumed = trainer("resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert resumed.step == 6
+    assert resumed.log_history == full.log_history
+    a, b = _trainable(full), _trainable(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    # Resuming changed something: the weights at step 4 differ from those at step 6.
+    at4 = torch.load(tmp_path / "full" / "checkpoint-4" / "trainable_state.pt")
+    assert any(not torch.equal(at4[n], a[n]) for n in a)
+
+    expected = full.predict(held_out)
+    rows = held_out[:]
+    got = LearnedReward(tmp_path / "full" / "checkpoint-6", batch_size=2).member_rewards(
+        rows["prompt"], rows["chosen"], image=rows["image"])
+    assert torch.allclose(got, expected["chosen"], atol=1e-5)
+
+
+def test_resume_finds_the_latest_checkpoint_and_refuses_other_batching(tiny_vlm_dir, tmp_path):
+    from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
+
+    def trainer(batch, max_steps):
+        args = RewardModelConfig(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=batch,
+                                 learning_rate=3e-3, logging_steps=1, seed=0, save_steps=1)
+        return RewardModelTrainer(tiny_vlm_dir("llava"), args=args, train_dataset=preference_dataset(12))
+
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint"):
+        trainer(4, 2).train(resume_from_checkpoint=True)
+    trainer(4, 2).train()
+    (tmp_path / "checkpoint-9.tmp").mkdir()  # an interrupted save is not a checkpoint
+    (tmp_path / "checkpoint-7").mkdir()  # nor is a folder without trainer_state.json
+    again = trainer(4, 3)
+    again.train(resume_from_checkpoint=True)  # from checkpoint-2: one more step
+    assert [h["step"] for h in again.log_history if "train/loss" in h] == [1, 2, 3]
+    with pytest.raises(FileNotFoundError, match="not a complete mmft checkpoint"):
+        trainer(4, 3).train(resume_from_checkpoint=str(tmp_path / "checkpoint-7"))
+    with pytest.raises(ValueError, match="per_device_train_batch_size 4 then, 3 now"):
+        trainer(3, 3).train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))

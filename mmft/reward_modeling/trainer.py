@@ -444,7 +444,6 @@ class RewardModelTrainer:
         self.accelerator.wait_for_everyone()
         return str(output_dir)
 
-
     # ------------------------------------------------------------------ checkpoints
     def save_interval(self) -> int:
         """Optimizer steps between checkpoints: `save_steps`, or that share of the run if < 1

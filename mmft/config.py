@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import yaml
 
 
@@ -41,3 +43,12 @@ def cpu_deepspeed_defaults(config: dict) -> dict:
             and int(os.environ.get("WORLD_SIZE", "1")) > 1):
         return {"ddp_backend": "gloo", **config}
     return config
+
+
+def every_n_steps(value: float | None, total_steps: int) -> int:
+    """Steps between two events for `logging_steps`, `eval_steps` or `save_steps`: the value,
+    or that share of `total_steps` if it is under 1 (as transformers' Trainer reads them);
+    0 (never) when it is 0 or None."""
+    if not value or value <= 0:
+        return 0
+    return int(value) if value >= 1 else max(1, math.ceil(value * total_steps))

@@ -29,6 +29,7 @@ from mmft.checkpointing import (
     rotate_checkpoints,
     save_rng_state,
 )
+from mmft.config import every_n_steps
 from mmft.data.collator import PromptBatch, VLMCollator
 from mmft.distributed import all_gather_objects, all_reduce_sum, barrier, distributed  # noqa: F401 (re-exported)
 from mmft.models.arch import (
@@ -482,6 +483,8 @@ class RLTrainer:
         self.model.train()
         bar = tqdm(total=args.max_steps, initial=self.iteration, desc=self.algorithm.upper(),
                    disable=not self.is_main)
+        eval_every = every_n_steps(args.eval_steps, args.max_steps) if self.eval_dataset is not None else 0
+        save_every = every_n_steps(args.save_steps, args.max_steps) if args.save_strategy == "steps" else 0
         while self.iteration < args.max_steps:
             t0 = time.time()
             metrics = self.step()
@@ -489,10 +492,10 @@ class RLTrainer:
             metrics["time/iteration_s"] = time.time() - t0
             metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
             metrics["objective/beta"] = self.kl_ctl.value
-            if args.eval_steps and self.eval_dataset is not None and self.iteration % int(args.eval_steps) == 0:
+            if eval_every and self.iteration % eval_every == 0:
                 metrics.update(self.evaluate())
             self.log(metrics)
-            if args.save_steps and self.iteration % int(args.save_steps) == 0:
+            if save_every and self.iteration % save_every == 0:
                 self.save_checkpoint()
                 rotate_checkpoints(args.output_dir, args.save_total_limit)
             bar.update(1)
@@ -514,7 +517,8 @@ class RLTrainer:
         self.log_history.append(entry)
         if self.accelerator.log_with:
             self.accelerator.log(metrics, step=self.iteration)
-        if self.is_main and args_logging(self.args, self.iteration):
+        every = every_n_steps(self.args.logging_steps, self.args.max_steps)
+        if self.is_main and every and self.iteration % every == 0:
             keys = ("objective/scores", "objective/kl", "objective/rlhf_reward", "loss/policy", "loss/value",
                     "policy/clipfrac", "val/explained_variance", "eval/CIDEr")
             shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
@@ -667,8 +671,6 @@ class RLTrainer:
         barrier()
 
 
-def args_logging(args, iteration: int) -> bool:
-    return bool(args.logging_steps) and iteration % max(1, int(args.logging_steps)) == 0
 
 
 def _to(inputs: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

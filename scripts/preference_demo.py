@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+LOG_EVERY_LABELS = 10_000
 
 
 @dataclass
@@ -218,11 +219,14 @@ def oracle_choice(oracle, caption_a: str, caption_b: str, scene: dict) -> str:
     return "A" if a > b else "B" if b > a else "tie"
 
 
-def label_over_http(url: str, token: str, scenes: dict[str, dict], oracle) -> dict[str, int]:
-    """The scripted labeler: next pair, judge, submit, until the server says done."""
+def label_over_http(url: str, token: str, scenes: dict[str, dict], oracle,
+                    log_every: int = LOG_EVERY_LABELS) -> dict[str, int]:
+    """The scripted labeler: next pair, judge, submit, until the server says done. Logs the
+    server's progress every `log_every` labels."""
     import httpx
 
     counts = {"A": 0, "B": 0, "tie": 0}
+    start = time.time()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0) as client:
         while True:
             nxt = client.get("/api/next")
@@ -231,11 +235,18 @@ def label_over_http(url: str, token: str, scenes: dict[str, dict], oracle) -> di
             if pair["done"]:
                 return counts
             choice = oracle_choice(oracle, pair["caption_a"], pair["caption_b"], scenes[pair["pair_id"]])
-            client.post("/api/label", json={"pair_id": pair["pair_id"], "choice": choice}).raise_for_status()
+            posted = client.post("/api/label", json={"pair_id": pair["pair_id"], "choice": choice})
+            posted.raise_for_status()
             counts[choice] += 1
+            labelled = sum(counts.values())
+            if labelled % log_every == 0:
+                progress = posted.json()["progress"]
+                logging.info("Oracle labels: %d/%d in the database, %.0f a second over HTTP.",
+                            progress["done"], progress["total"], labelled / (time.time() - start))
 
 
-def label_with_oracle(work: Path, pairs: Path, db: Path, scenes: dict[str, dict], oracle) -> dict[str, int]:
+def label_with_oracle(work: Path, pairs: Path, db: Path, scenes: dict[str, dict], oracle,
+                      log_every: int = LOG_EVERY_LABELS) -> dict[str, int]:
     """Stage 2: the oracle labeler's token (kept in WORK, so a resumed run labels on as the
     same labeler), a server, every pair not yet labelled; the labels in the database by choice."""
     from mmft.label import storage
@@ -245,7 +256,7 @@ def label_with_oracle(work: Path, pairs: Path, db: Path, scenes: dict[str, dict]
         token_file.write_text(label_cli("add-labeler", "oracle", "--db", str(db)).stdout.strip())
     server = Server(pairs, db)
     try:
-        label_over_http(server.url, token_file.read_text().strip(), scenes, oracle)
+        label_over_http(server.url, token_file.read_text().strip(), scenes, oracle, log_every)
     finally:
         server.stop()
     conn = storage.connect(db)
@@ -541,9 +552,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     settings = DemoSettings(**{k: getattr(args, k) for k in asdict(DemoSettings())})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per labelled pair
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(args.json)
-    work = Path(args.work_dir) if args.work_dir else out.with_suffix("") .parent / (out.stem + "_work")
+    work = Path(args.work_dir) if args.work_dir else out.parent / (out.stem + "_work")
     check_resumable(work, settings, args.resume)
     t = time.time()
     results = run(work, settings, args.min_rm_accuracy, args.reward_model)

@@ -26,9 +26,9 @@ class RLConfig(TrainingArguments):
     learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate (LoRA: 1e-4 to 5e-4)."})
     adam_epsilon: float = field(default=1e-5, metadata={"help": "AdamW epsilon (1e-5 as in PPO practice)."})
     max_steps: int = field(default=100, metadata={"help": "Number of iterations (rollout + optimisation)."})
-    logging_steps: float = field(default=1, metadata={"help": "Log every N iterations."})
-    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N iterations."})
-    eval_steps: float | None = field(default=25, metadata={"help": "Evaluate every N iterations."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N iterations (a share of them if < 1)."})
+    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N iterations (a share of them if < 1)."})
+    eval_steps: float | None = field(default=25, metadata={"help": "Evaluate every N iterations (a share of them if < 1)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Micro-batch size per device."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Rewards read every dataset column."})
 

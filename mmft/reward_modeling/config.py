@@ -23,9 +23,9 @@ class RewardModelConfig(TrainingArguments):
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training pairs (max_steps <= 0)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per micro-batch per device."})
     per_device_eval_batch_size: int = field(default=16, metadata={"help": "Pairs per evaluation batch."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    eval_steps: float | None = field(default=0, metadata={"help": "Evaluate every N optimizer steps (0: only "
-                                                                  "at the end)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps (a share of them if < 1)."})
+    eval_steps: float | None = field(default=0, metadata={"help": "Evaluate every N optimizer steps (a share "
+                                                                  "of them if < 1; 0: only at the end)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every column (image, margin)."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Linear warmup: steps, or a share of them if < 1."})
     save_steps: float = field(default=0, metadata={"help": "Checkpoint every N optimizer steps (a share of them if "

@@ -47,6 +47,7 @@ from mmft.checkpointing import (
     rotate_checkpoints,
     save_rng_state,
 )
+from mmft.config import every_n_steps
 from mmft.data.errors import DataError
 from mmft.distributed import distributed
 from mmft.models.arch import freeze_vision_tower, text_hidden_size
@@ -290,6 +291,8 @@ class RewardModelTrainer:
                    disable=not self.accelerator.is_main_process)
         running = self.running
         save_steps = self.save_interval()
+        log_every = every_n_steps(args.logging_steps, self.total_steps)
+        eval_every = every_n_steps(args.eval_steps, self.total_steps) if self.eval_dataset is not None else 0
         while self.step < self.total_steps:
             self.train_loader.set_epoch(self.epoch)
             if self.batches_in_epoch:  # resumed mid-epoch: the rows every rank's batches so far held
@@ -322,11 +325,9 @@ class RewardModelTrainer:
                     continue
                 self.step += 1
                 bar.update(1)
-                log_now = (args.logging_steps and self.step % max(1, int(args.logging_steps)) == 0
-                           or self.step == self.total_steps)
+                log_now = log_every and self.step % log_every == 0 or self.step == self.total_steps
                 # Evaluation keeps its own schedule: eval_steps need not be a multiple of logging_steps.
-                eval_now = (args.eval_steps and self.eval_dataset is not None
-                            and self.step % max(1, int(args.eval_steps)) == 0)
+                eval_now = eval_every and self.step % eval_every == 0
                 if log_now or eval_now:
                     metrics = {}
                     if log_now:
@@ -448,10 +449,9 @@ class RewardModelTrainer:
     def save_interval(self) -> int:
         """Optimizer steps between checkpoints: `save_steps`, or that share of the run if < 1
         (0: no checkpoints)."""
-        every = self.args.save_steps or 0
-        if self.args.save_strategy != "steps" or every <= 0:
+        if self.args.save_strategy != "steps":
             return 0
-        return int(every) if every >= 1 else max(1, math.ceil(every * self.total_steps))
+        return every_n_steps(self.args.save_steps, self.total_steps)
 
     @property
     def deepspeed(self) -> bool:

@@ -105,9 +105,11 @@ def test_adapters_move_base_and_reference_stay(tiny_vlm_dir, data, tmp_path):
 
 def test_resume_matches_uninterrupted_run(tiny_vlm_dir, data, tmp_path):
     path = tiny_vlm_dir("llava")
-    full = PPOTrainer(path, args=args(tmp_path, "full", max_steps=2, save_steps=1),
+    # save_steps under 1 is a share of the run, as in TrainingArguments: every iteration here.
+    full = PPOTrainer(path, args=args(tmp_path, "full", max_steps=2, save_steps=0.5),
                       reward_funcs=[WordCount()], train_dataset=data)
     full.train()
+    assert sorted(p.name for p in (tmp_path / "full").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     ckpt = os.path.join(tmp_path, "full", "checkpoint-1")
     assert os.path.exists(os.path.join(ckpt, "adapter_model.safetensors"))
     assert os.path.exists(os.path.join(ckpt, "critic", "value_head.safetensors"))
@@ -117,6 +119,15 @@ def test_resume_matches_uninterrupted_run(tiny_vlm_dir, data, tmp_path):
     a, b = trainable(full), trainable(resumed)
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
     assert full.log_history[-1]["objective/scores"] == resumed.log_history[-1]["objective/scores"]
+
+
+def test_step_intervals_read_like_training_arguments():
+    from mmft.config import every_n_steps
+
+    assert every_n_steps(50, 100) == 50 and every_n_steps(50.0, 10) == 50
+    assert every_n_steps(0.25, 100) == 25 and every_n_steps(0.3, 7) == 3  # ceil(2.1)
+    assert every_n_steps(0.001, 10) == 1  # a share never rounds to "never"
+    assert every_n_steps(0, 100) == 0 and every_n_steps(None, 100) == 0
 
 
 def test_final_adapter_loads_with_peft(tiny_vlm_dir, data, tmp_path):

@@ -2,6 +2,7 @@
 demo (reduced) runs end to end through a real label server."""
 
 import json
+import logging
 import math
 import os
 import runpy
@@ -46,7 +47,7 @@ def test_make_pairs_writes_a_valid_pairs_file(tiny_vlm_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_preference_demo_reduced(tmp_path):
+def test_preference_demo_reduced(tmp_path, caplog):
     """The whole loop on a few dozen pairs, several per scene (builds the demo base model on first use)."""
     from mmft.label.pairs import load_pairs
     from mmft.reward_modeling.data import load_preferences
@@ -104,10 +105,10 @@ def test_preference_demo_reduced(tmp_path):
     assert res2["settings"]["ppo_kl_coef"] == 0.3 and "make_pairs_s" not in res2["timings_s"]
     assert sorted(p.name for p in (tmp_path / "again_work").iterdir()) == ["ppo", "settings.json"]  # no pairs etc.
 
-    _resume_labelling_and_reward_model(tmp_path / "demo_work", out, res, env)
+    _resume_labelling_and_reward_model(tmp_path / "demo_work", out, res, env, caplog)
 
 
-def _resume_labelling_and_reward_model(work, out, res, env):
+def _resume_labelling_and_reward_model(work, out, res, env, caplog):
     """--resume after a stop in the labelling (labels undone: the same labeler labels just
     those again over HTTP) and in the reward model's training (it goes on from its newest
     checkpoint to the same model as the run that never stopped); finished stages are not redone."""
@@ -122,7 +123,12 @@ def _resume_labelling_and_reward_model(work, out, res, env):
     pairs = work / "pairs" / "pairs.jsonl"
     scenes = {r["pair_id"]: r for r in map(json.loads, pairs.read_text().splitlines())}
     oracle = AttributeReward(scoring="net_correct")
-    assert demo["label_with_oracle"](work, pairs, work / "labels.sqlite", scenes, oracle) == res["labels"]
+    caplog.set_level(logging.INFO)
+    assert demo["label_with_oracle"](work, pairs, work / "labels.sqlite", scenes, oracle, log_every=2) == res["labels"]
+    # Progress from the server's answers: 5 undone, then 2 and 4 of them labelled again.
+    total = res["pairs"]
+    assert [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("Oracle labels")] == [
+        f"Oracle labels: {total - 3}/{total} in the database", f"Oracle labels: {total - 1}/{total} in the database"]
 
     checkpoints = sorted((work / "reward_model").glob("checkpoint-*"))
     final_step = json.loads((work / "reward_model" / "log_history.json").read_text())[-1]["step"]

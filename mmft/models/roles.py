@@ -149,8 +149,14 @@ class ActorCritic(nn.Module):
     # Activation checkpointing is switched off for generation and back on after it
     # (TRL's unwrap_model_for_generation drives these three).
     @property
-    def is_gradient_checkpointing(self) -> bool:
-        return bool(self.policy.get_base_model().is_gradient_checkpointing)
+    def is_activation_checkpointing(self) -> bool:
+        base = self.policy.get_base_model()
+        # transformers 5 renamed it; the old name warns (FutureWarning) and goes in v6.
+        if hasattr(type(base), "is_activation_checkpointing"):
+            return bool(base.is_activation_checkpointing)
+        return bool(base.is_gradient_checkpointing)
+
+    is_gradient_checkpointing = is_activation_checkpointing  # the name TRL reads
 
     def gradient_checkpointing_disable(self) -> None:
         for model in self._backbones():

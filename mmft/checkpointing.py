@@ -18,11 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmft.config import every_n_steps
 from mmft.distributed import barrier, distributed
 
 TRAINER_STATE = "trainer_state.json"
 TRAINABLE_STATE = "trainable_state.pt"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def save_interval(args, total_steps: int) -> int:
+    """Steps between checkpoints: `save_steps`, or that share of `total_steps` if under 1;
+    0 (none) when it is 0 or `save_strategy` is not "steps"."""
+    return every_n_steps(args.save_steps, total_steps) if args.save_strategy == "steps" else 0
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from mmft.checkpointing import (
     load_rng_state,
     resolve_checkpoint,
     rotate_checkpoints,
+    save_interval,
     save_rng_state,
 )
 from mmft.config import every_n_steps
@@ -484,7 +485,7 @@ class RLTrainer:
         bar = tqdm(total=args.max_steps, initial=self.iteration, desc=self.algorithm.upper(),
                    disable=not self.is_main)
         eval_every = every_n_steps(args.eval_steps, args.max_steps) if self.eval_dataset is not None else 0
-        save_every = every_n_steps(args.save_steps, args.max_steps) if args.save_strategy == "steps" else 0
+        save_every = save_interval(args, args.max_steps)
         while self.iteration < args.max_steps:
             t0 = time.time()
             metrics = self.step()
@@ -669,8 +670,6 @@ class RLTrainer:
         barrier()
         self.save_adapters(output_dir)
         barrier()
-
-
 
 
 def _to(inputs: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

@@ -45,6 +45,7 @@ from mmft.checkpointing import (
     load_rng_state,
     resolve_checkpoint,
     rotate_checkpoints,
+    save_interval,
     save_rng_state,
 )
 from mmft.config import every_n_steps
@@ -290,7 +291,7 @@ class RewardModelTrainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="Reward model",
                    disable=not self.accelerator.is_main_process)
         running = self.running
-        save_steps = self.save_interval()
+        save_steps = save_interval(args, self.total_steps)
         log_every = every_n_steps(args.logging_steps, self.total_steps)
         eval_every = every_n_steps(args.eval_steps, self.total_steps) if self.eval_dataset is not None else 0
         while self.step < self.total_steps:
@@ -446,13 +447,6 @@ class RewardModelTrainer:
         return str(output_dir)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_interval(self) -> int:
-        """Optimizer steps between checkpoints: `save_steps`, or that share of the run if < 1
-        (0: no checkpoints)."""
-        if self.args.save_strategy != "steps":
-            return 0
-        return every_n_steps(self.args.save_steps, self.total_steps)
-
     @property
     def deepspeed(self) -> bool:
         return self.accelerator.distributed_type == DistributedType.DEEPSPEED

@@ -190,17 +190,25 @@ class Server:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mmft.label", "serve", "--pairs", str(pairs), "--db", str(db),
                  "--port", self.url.rsplit(":", 1)[1]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120  # imports alone can take 15 s on a busy 2-core machine
-        while time.monotonic() < deadline:
+        # The clock starts once the server has synced the pairs into the database ("serving N
+        # pairs" in its log): 560,000 pairs take about a minute to check and sync here, and imports
+        # alone can take 15 s on a busy 2-core machine.
+        deadline = None
+        while deadline is None or time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"label server exited with {self.process.returncode}:\n{self.log.read_text()}")
+            if deadline is None:
+                if b"serving " not in self.log.read_bytes():
+                    time.sleep(0.5)
+                    continue
+                deadline = time.monotonic() + 120
             try:
                 if httpx.get(self.url + "/", timeout=1.0).status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"label server did not answer within 120 s:\n{self.log.read_text()}")
+        raise RuntimeError(f"label server did not answer within 120 s of syncing its pairs:\n{self.log.read_text()}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

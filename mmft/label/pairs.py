@@ -64,12 +64,13 @@ def load_pairs(path: str | Path) -> list[Pair]:
     pairs: list[Pair] = []
     errors: list[str] = []
     first_line_of: dict[str, int] = {}
+    images: dict[str, tuple[Path, bool]] = {}  # a pair's image as written -> (resolved, is a file)
     with path.open(encoding="utf-8") as lines:
         for line_no, text in enumerate(lines, start=1):
             if not text.strip():
                 continue  # blank lines (a trailing newline, spacing) hold no pair
             try:
-                pairs.append(_parse_line(text, path, line_no, first_line_of))
+                pairs.append(_parse_line(text, path, line_no, first_line_of, images))
             except PairsFileError as err:
                 errors.append(str(err))
     if errors:
@@ -82,8 +83,11 @@ def load_pairs(path: str | Path) -> list[Pair]:
     return pairs
 
 
-def _parse_line(text: str, path: Path, line_no: int, first_line_of: dict[str, int]) -> Pair:
-    """Turn one jsonl line into a `Pair`, recording its pair_id in `first_line_of`."""
+def _parse_line(
+    text: str, path: Path, line_no: int, first_line_of: dict[str, int], images: dict[str, tuple[Path, bool]]
+) -> Pair:
+    """Turn one jsonl line into a `Pair`, recording its pair_id in `first_line_of` and its image
+    in `images` (many pairs share an image: each is resolved and checked once)."""
     where = f"{path}:{line_no}"
     try:
         record = json.loads(text)
@@ -107,11 +111,12 @@ def _parse_line(text: str, path: Path, line_no: int, first_line_of: dict[str, in
             f"{where}: duplicate pair_id {pair_id!r} (first used on line {first_line_of[pair_id]})"
         )
     first_line_of[pair_id] = line_no
-    image = Path(record["image"])
-    if not image.is_absolute():
-        image = path.parent / image
-    image = image.resolve()
-    if not image.is_file():
+    if record["image"] not in images:
+        image = Path(record["image"])
+        image = (image if image.is_absolute() else path.parent / image).resolve()
+        images[record["image"]] = (image, image.is_file())
+    image, found = images[record["image"]]
+    if not found:
         raise PairsFileError(
             f"{where}: image file not found: {image} (relative paths are resolved against {path.parent.resolve()})"
         )

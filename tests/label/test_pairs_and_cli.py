@@ -77,6 +77,21 @@ def test_load_pairs_reports_all_bad_lines_and_empty_or_missing_files(tmp_path):
         load_pairs(tmp_path / "missing.jsonl")
 
 
+def test_pairs_sharing_an_image_are_each_checked(tmp_path):
+    # load_pairs resolves an image once for all its pairs: a missing one is still reported on
+    # every line that names it, and the pairs of a present one share its resolved path.
+    missing = {"image": "images/none.png"}
+    path = write_pairs(tmp_path, 5, overrides={1: missing, 2: {"image": "images/0.png"}, 4: missing})
+    with pytest.raises(PairsFileError, match=r"2 problem\(s\)") as err:
+        load_pairs(path)
+    assert f"{path}:2: image file not found" in str(err.value)
+    assert f"{path}:5: image file not found" in str(err.value)
+    path = write_pairs(tmp_path, 3, overrides={2: {"image": "images/0.png"}})
+    pairs = load_pairs(path)
+    assert pairs[0].image == pairs[2].image == (tmp_path / "images" / "0.png").resolve()
+    assert pairs[1].image == (tmp_path / "images" / "1.png").resolve()
+
+
 def test_changing_the_text_of_a_labelled_pair_is_refused(tmp_path):
     db = tmp_path / "labels.sqlite"
     path = write_pairs(tmp_path, 2)

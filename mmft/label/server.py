@@ -31,6 +31,10 @@ from mmft.label.pairs import load_pairs
 
 # Requests are a pair_id and a choice; anything near this size is a mistake or an attack.
 MAX_BODY_BYTES = 4096
+# Batches (GET /api/pairs, POST /api/labels) for scripted and model labelers: at most this many
+# pairs a request, and a labels body at most this size (about 1 KiB a label).
+MAX_BATCH = 1000
+MAX_BATCH_BODY_BYTES = 1 << 20
 STATIC_DIR = Path(__file__).parent / "static"
 
 # The page loads only its own files; images come from fetch() as blob: URLs. Even if a
@@ -59,20 +63,21 @@ def _bearer_token(request: Request, allow_query: bool = False) -> str:
     )
 
 
-async def _read_json_object(request: Request, allow_empty: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object, at most MAX_BODY_BYTES; 413 or 400 otherwise.
+async def _read_json_object(request: Request, allow_empty: bool = False,
+                            max_bytes: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The request body as a JSON object, at most `max_bytes`; 413 or 400 otherwise.
 
     The body is read in chunks and abandoned once over the limit, so a huge upload is never
     held in memory whole, whether or not it declared its Content-Length.
     """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, f"request body over {max_bytes} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+        if len(body) > max_bytes:
+            raise HTTPException(413, f"request body over {max_bytes} bytes")
     if not body.strip() and allow_empty:
         return {}
     try:
@@ -84,18 +89,29 @@ async def _read_json_object(request: Request, allow_empty: bool = False) -> dict
     return data
 
 
-def _fields(data: dict[str, Any], names: tuple[str, ...]) -> list[str]:
-    """The string values of exactly the keys `names`; 422 for missing, extra or non-string keys."""
+def _fields(data: dict[str, Any], names: tuple[str, ...], where: str = "") -> list[str]:
+    """The string values of exactly the keys `names`; 422 for missing, extra or non-string keys.
+    `where` prefixes the message (the item of a batch)."""
+    if not isinstance(data, dict):
+        raise HTTPException(422, f"{where}expected a JSON object with the keys {', '.join(names)}")
     extra = sorted(set(data) - set(names))
     missing = [name for name in names if name not in data]
     if extra or missing:
         raise HTTPException(
-            422, f"expected exactly the keys {', '.join(names)}; missing {missing}, unexpected {extra}"
+            422, f"{where}expected exactly the keys {', '.join(names)}; missing {missing}, unexpected {extra}"
         )
     wrong = [name for name in names if not isinstance(data[name], str)]
     if wrong:
-        raise HTTPException(422, f"{', '.join(wrong)} must be a string")
+        raise HTTPException(422, f"{where}{', '.join(wrong)} must be a string")
     return [data[name] for name in names]
+
+
+def _batch_size(request: Request) -> int:
+    """`?limit=N` of GET /api/pairs: an integer from 1 to MAX_BATCH; 422 otherwise."""
+    raw = request.query_params.get("limit", "")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_BATCH:
+        raise HTTPException(422, f"limit must be an integer from 1 to {MAX_BATCH}, got {raw!r}")
+    return int(raw)
 
 
 def create_app(db_path: str | Path) -> FastAPI:
@@ -139,23 +155,33 @@ def create_app(db_path: str | Path) -> FastAPI:
     # restarted server starts from 0, which is always correct.
     frontier: dict[str, int] = {}
 
-    def next_payload(conn: sqlite3.Connection, labeler: str) -> dict[str, Any]:
-        pair = storage.next_pair(conn, labeler, frontier.get(labeler, 0))
-        if pair is not None and pair.unvisited:
-            frontier[labeler] = pair.position
-        payload: dict[str, Any] = {
-            "done": pair is None,
+    def next_pairs(conn: sqlite3.Connection, labeler: str, limit: int) -> dict[str, Any]:
+        """The labeler's next `limit` pairs (as the page shows them) and progress."""
+        pairs = storage.next_pairs(conn, labeler, frontier.get(labeler, 0), limit)
+        unvisited = [pair.position for pair in pairs if pair.unvisited]
+        if unvisited:  # the first: the later ones are not visited yet
+            frontier[labeler] = unvisited[0]
+        return {
+            "done": not pairs,
             "labeler": labeler,
             "progress": asdict(storage.progress(conn, labeler)),
+            "pairs": [
+                {
+                    "pair_id": pair.pair_id,
+                    "prompt": pair.prompt,
+                    "caption_a": pair.caption_a,
+                    "caption_b": pair.caption_b,
+                    "image_url": f"/api/image/{quote(pair.pair_id, safe='')}",
+                }
+                for pair in pairs
+            ],
         }
-        if pair is not None:
-            payload.update(
-                pair_id=pair.pair_id,
-                prompt=pair.prompt,
-                caption_a=pair.caption_a,
-                caption_b=pair.caption_b,
-                image_url=f"/api/image/{quote(pair.pair_id, safe='')}",
-            )
+
+    def next_payload(conn: sqlite3.Connection, labeler: str) -> dict[str, Any]:
+        payload = next_pairs(conn, labeler, 1)
+        pairs = payload.pop("pairs")
+        if pairs:
+            payload.update(pairs[0])
         return payload
 
     # GET routes are plain functions (FastAPI runs them on its thread pool); POST routes are
@@ -166,6 +192,14 @@ def create_app(db_path: str | Path) -> FastAPI:
         """The labeler's next pair, or {"done": true, ...} when every pair is labelled."""
         labeler = authenticate(request)
         return in_store(lambda conn: next_payload(conn, labeler))
+
+    @app.get("/api/pairs")
+    def get_pairs(request: Request) -> dict[str, Any]:
+        """`?limit=N`: the labeler's next N pairs, in the order /api/next would give them
+        if each were labelled in turn (for scripted and model labelers; see /api/labels)."""
+        labeler = authenticate(request)
+        limit = _batch_size(request)
+        return in_store(lambda conn: next_pairs(conn, labeler, limit))
 
     @app.get("/api/image/{pair_id:path}")
     def get_image(pair_id: str, request: Request) -> FileResponse:
@@ -186,6 +220,25 @@ def create_app(db_path: str | Path) -> FastAPI:
             storage.record_label(conn, labeler, pair_id, choice)
             progress = asdict(storage.progress(conn, labeler))
             return {"ok": True, "pair_id": pair_id, "choice": choice, "progress": progress}
+
+        return await run_in_threadpool(in_store, action)
+
+    @app.post("/api/labels")
+    async def post_labels(request: Request) -> dict[str, Any]:
+        """Store {"labels": [{"pair_id", "choice"}, ...]} (1 to MAX_BATCH) in one transaction:
+        all of them, or none when one is invalid (the error names its index)."""
+        labeler = await run_in_threadpool(authenticate, request)
+        data = await _read_json_object(request, max_bytes=MAX_BATCH_BODY_BYTES)
+        if set(data) != {"labels"} or not isinstance(data["labels"], list):
+            raise HTTPException(422, 'expected exactly the key labels: a list of {"pair_id", "choice"} objects')
+        if not 1 <= len(data["labels"]) <= MAX_BATCH:
+            raise HTTPException(422, f"labels must hold 1 to {MAX_BATCH} items, got {len(data['labels'])}")
+        labels = [tuple(_fields(item, ("pair_id", "choice"), f"labels[{i}]: "))
+                  for i, item in enumerate(data["labels"])]
+
+        def action(conn: sqlite3.Connection) -> dict[str, Any]:
+            storage.record_labels(conn, labeler, labels)
+            return {"ok": True, "stored": len(labels), "progress": asdict(storage.progress(conn, labeler))}
 
         return await run_in_threadpool(in_store, action)
 

@@ -304,37 +304,49 @@ def next_pair(conn: sqlite3.Connection, labeler: str, start: int = 0) -> NextPai
     pair returned is a valid `start` for the next call while the served pairs file stays
     the same (the server keeps one per labeler). 0 is always correct.
     """
+    pairs = next_pairs(conn, labeler, start, limit=1)
+    return pairs[0] if pairs else None
+
+
+def next_pairs(conn: sqlite3.Connection, labeler: str, start: int = 0, limit: int = 1) -> list[NextPair]:
+    """Up to `limit` served pairs `labeler` has not labelled, in `next_pair`'s order: the
+    pairs successive `next_pair` calls would return if each were labelled in turn (a
+    scripted or model labeler fetches them in one request). `start` as for `next_pair`;
+    the position of the first unvisited pair returned is a valid `start` afterwards."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     columns = "p.pair_id, p.prompt, p.caption_a, p.caption_b, p.position"
     unlabelled = "NOT EXISTS (SELECT 1 FROM labels AS l WHERE l.pair_id = p.pair_id AND l.labeler = :labeler)"
+    out: list[NextPair] = []
 
-    def queued(state: str, order: str) -> NextPair | None:
-        """The first served, unlabelled pair in `labeler`'s queue with `state`, by seq `order`."""
-        row = conn.execute(
+    def queued(state: str, order: str) -> None:
+        """The first served, unlabelled pairs in `labeler`'s queue with `state`, by seq `order`."""
+        rows = conn.execute(
             f"""
             SELECT {columns} FROM queue AS q JOIN pairs AS p ON p.pair_id = q.pair_id
             WHERE q.labeler = :labeler AND q.state = :state AND p.position IS NOT NULL AND {unlabelled}
-            ORDER BY q.seq {order}, p.position LIMIT 1
+            ORDER BY q.seq {order}, p.position LIMIT :limit
             """,
-            {"labeler": labeler, "state": state},
-        ).fetchone()
-        return NextPair(**dict(row), unvisited=False) if row else None
+            {"labeler": labeler, "state": state, "limit": limit - len(out)},
+        ).fetchall()
+        out.extend(NextPair(**dict(row), unvisited=False) for row in rows)
 
-    undone = queued("requeued", "DESC")
-    if undone is not None:
-        return undone
-    # Unvisited: in file order from `start` (the position index), neither labelled nor queued.
-    row = conn.execute(
-        f"""
-        SELECT {columns} FROM pairs AS p
-        WHERE p.position >= :start AND {unlabelled}
-          AND NOT EXISTS (SELECT 1 FROM queue AS q WHERE q.pair_id = p.pair_id AND q.labeler = :labeler)
-        ORDER BY p.position LIMIT 1
-        """,
-        {"labeler": labeler, "start": start},
-    ).fetchone()
-    if row is not None:
-        return NextPair(**dict(row), unvisited=True)
-    return queued("skipped", "ASC")
+    queued("requeued", "DESC")
+    if len(out) < limit:
+        # Unvisited: in file order from `start` (the position index), neither labelled nor queued.
+        rows = conn.execute(
+            f"""
+            SELECT {columns} FROM pairs AS p
+            WHERE p.position >= :start AND {unlabelled}
+              AND NOT EXISTS (SELECT 1 FROM queue AS q WHERE q.pair_id = p.pair_id AND q.labeler = :labeler)
+            ORDER BY p.position LIMIT :limit
+            """,
+            {"labeler": labeler, "start": start, "limit": limit - len(out)},
+        ).fetchall()
+        out.extend(NextPair(**dict(row), unvisited=True) for row in rows)
+    if len(out) < limit:
+        queued("skipped", "ASC")
+    return out
 
 
 def progress(conn: sqlite3.Connection, labeler: str) -> Progress:
@@ -364,16 +376,35 @@ def record_label(conn: sqlite3.Connection, labeler: str, pair_id: str, choice: s
         LabelStoreError: `choice` is not one of CHOICES.
         UnknownPairError: `pair_id` is not served.
     """
-    if choice not in CHOICES:
-        raise LabelStoreError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    record_labels(conn, labeler, [(pair_id, choice)])
+
+
+def record_labels(conn: sqlite3.Connection, labeler: str, labels: Sequence[tuple[str, str]]) -> None:
+    """Store `labeler`'s (pair_id, choice) labels in one transaction: all of them or, when
+    one is invalid, none. Within the batch and across calls the last choice for a pair
+    counts (one row per labeler and pair). One commit (one fsync) for the lot is what makes
+    a batch cheaper than as many `record_label` calls.
+
+    Raises:
+        LabelStoreError: a choice is not one of CHOICES (the message names its index).
+        UnknownPairError: a pair_id is not served (the message names it and its index).
+    """
+    for i, (pair_id, choice) in enumerate(labels):
+        if choice not in CHOICES:
+            where = f"label {i} (pair_id {pair_id!r}): " if len(labels) > 1 else ""
+            raise LabelStoreError(f"{where}choice must be one of {', '.join(CHOICES)}, got {choice!r}")
     with write_transaction(conn):
-        _require_served(conn, pair_id)
-        conn.execute(
-            "INSERT INTO labels (labeler, pair_id, choice, time) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (labeler, pair_id) DO UPDATE SET choice = excluded.choice, time = excluded.time",
-            (labeler, pair_id, choice, time.time()),
-        )
-        conn.execute("DELETE FROM queue WHERE labeler = ? AND pair_id = ?", (labeler, pair_id))
+        for i, (pair_id, choice) in enumerate(labels):
+            try:
+                _require_served(conn, pair_id)
+            except UnknownPairError as err:
+                raise UnknownPairError(f"label {i}: {err}" if len(labels) > 1 else str(err)) from None
+            conn.execute(
+                "INSERT INTO labels (labeler, pair_id, choice, time) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (labeler, pair_id) DO UPDATE SET choice = excluded.choice, time = excluded.time",
+                (labeler, pair_id, choice, time.time()),
+            )
+            conn.execute("DELETE FROM queue WHERE labeler = ? AND pair_id = ?", (labeler, pair_id))
 
 
 def skip_pair(conn: sqlite3.Connection, labeler: str, pair_id: str) -> None:

@@ -30,8 +30,10 @@ def client(module_server):
 def test_every_api_route_needs_a_valid_token(module_server, client):
     routes = [
         ("GET", "/api/next", None),
+        ("GET", "/api/pairs?limit=2", None),
         ("GET", "/api/image/p000", None),
         ("POST", "/api/label", {"pair_id": "p000", "choice": "A"}),
+        ("POST", "/api/labels", {"labels": [{"pair_id": "p000", "choice": "A"}]}),
         ("POST", "/api/skip", {"pair_id": "p000"}),
         ("POST", "/api/undo", {}),
     ]
@@ -173,6 +175,74 @@ def test_skip_defers_a_pair_to_the_end_without_losing_it(module_server, client):
     assert order == [f"p{i:03d}" for i in range(2, 10)] + ["p000", "p001"]
     assert len(db_labels(module_server.db, client.labeler)) == 10
     assert pair["progress"] == {"done": 10, "total": 10}
+
+
+def test_batches_follow_next_and_store_all_labels_in_one_request(module_server, client):
+    """GET /api/pairs gives the pairs /api/next would give one by one (an undone pair first,
+    skipped ones last); POST /api/labels stores a batch, the last choice per pair counting."""
+    for pair_id, choice in (("p000", "A"), ("p001", "B")):
+        assert client.post("/api/label", json={"pair_id": pair_id, "choice": choice}).status_code == 200
+    assert client.post("/api/undo").json()["pair_id"] == "p001"
+    assert client.post("/api/skip", json={"pair_id": "p002"}).status_code == 200
+
+    batch = client.get("/api/pairs", params={"limit": 4}).json()
+    assert [p["pair_id"] for p in batch["pairs"]] == ["p001", "p003", "p004", "p005"]
+    assert batch["done"] is False and batch["progress"] == {"done": 1, "total": 10}
+    assert batch["pairs"][1] == {"pair_id": "p003", "prompt": "Describe image 3.", "caption_a": "caption A of image 3",
+                                 "caption_b": "caption B of image 3", "image_url": "/api/image/p003"}
+    # The whole remaining order in one batch: the skipped p002 comes last.
+    everything = client.get("/api/pairs", params={"limit": 1000}).json()["pairs"]
+    assert [p["pair_id"] for p in everything] == ["p001"] + [f"p{i:03d}" for i in range(3, 10)] + ["p002"]
+
+    stored = client.post("/api/labels", json={"labels": [
+        {"pair_id": "p001", "choice": "tie"}, {"pair_id": "p003", "choice": "A"},
+        {"pair_id": "p001", "choice": "both_bad"},  # a repeat within the batch: the last counts
+    ]})
+    assert stored.status_code == 200, stored.text
+    assert stored.json() == {"ok": True, "stored": 3, "progress": {"done": 3, "total": 10}}
+    # Retrying the same batch changes nothing.
+    assert client.post("/api/labels", json={"labels": [{"pair_id": "p003", "choice": "A"}]}).status_code == 200
+    assert client.get("/api/next").json()["pair_id"] == "p004"
+    rest = [p["pair_id"] for p in client.get("/api/pairs", params={"limit": 10}).json()["pairs"]]
+    assert client.post("/api/labels", json={"labels": [{"pair_id": i, "choice": "B"} for i in rest]}).status_code == 200
+    assert client.get("/api/pairs", params={"limit": 5}).json() == {
+        "done": True, "labeler": client.labeler, "progress": {"done": 10, "total": 10}, "pairs": []}
+    labels = db_labels(module_server.db, client.labeler)
+    assert len(labels) == 10
+    assert labels[client.labeler, "p000"] == "A" and labels[client.labeler, "p001"] == "both_bad"
+    assert labels[client.labeler, "p003"] == "A" and labels[client.labeler, "p002"] == "B"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "detail"),
+    [
+        ({"labels": [{"pair_id": "p000", "choice": "A"}, {"pair_id": "nope", "choice": "A"}]}, 404, "label 1"),
+        ({"labels": [{"pair_id": "p000", "choice": "A"}, {"pair_id": "p001", "choice": "C"}]}, 422, "label 1"),
+        ({"labels": [{"pair_id": "p000", "choice": "A"}, {"pair_id": "p001"}]}, 422, "labels[1]"),
+        ({"labels": [{"pair_id": "p000", "choice": "A"}, ["p001", "A"]]}, 422, "labels[1]"),
+        ({"labels": [{"pair_id": "p000", "choice": "A", "labeler": "x"}]}, 422, "labels[0]"),
+        ({"labels": []}, 422, "1 to 1000"),
+        ({"labels": [{"pair_id": "p000", "choice": "A"}] * 1001}, 422, "1 to 1000"),
+        ({"labels": {"pair_id": "p000", "choice": "A"}}, 422, "list"),
+        ({"pair_id": "p000", "choice": "A"}, 422, "labels"),
+        ({"labels": [{"pair_id": "p000", "choice": "A", "pad": "x" * (1 << 20)}]}, 413, "bytes"),
+    ],
+)
+def test_a_bad_label_batch_is_rejected_whole(module_server, client, body, status, detail):
+    """One bad item rejects the batch: nothing of it is stored, and the error names the item."""
+    before = db_labels(module_server.db)
+    response = client.post("/api/labels", json=body)
+    assert response.status_code == status, response.text
+    assert detail in response.json()["detail"]
+    assert db_labels(module_server.db) == before
+    assert client.get("/api/next").json()["progress"] == {"done": 0, "total": 10}
+
+
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "two", ""])
+def test_pairs_batch_size_must_be_1_to_1000(client, limit):
+    response = client.get("/api/pairs", params={"limit": limit})
+    assert response.status_code == 422
+    assert "limit" in response.json()["detail"]
 
 
 def test_image_route_serves_the_pair_image_with_header_or_query_token(module_server, client):

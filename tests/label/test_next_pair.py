@@ -57,6 +57,11 @@ def test_next_pair_with_a_start_hint_follows_the_reference_order(tmp_path: Path)
             assert storage.progress(conn, name) == storage.Progress(
                 done=conn.execute(DONE, {"labeler": name}).fetchone()[0], total=39)
             assert (hinted.pair_id if hinted else None) == (expected[0] if expected else None)
+            # A batch is the reference order's first k pairs, from the same hint.
+            k = rng.randint(1, 12)
+            batch = storage.next_pairs(conn, name, frontier[name], limit=k)
+            assert [pair.pair_id for pair in batch] == [
+                row[0] for row in conn.execute(REFERENCE.replace("LIMIT 1", "LIMIT :k"), {"labeler": name, "k": k})]
             if hinted is None:
                 continue
             assert hinted.pair_id != "p07"

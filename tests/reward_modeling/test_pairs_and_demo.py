@@ -55,11 +55,13 @@ def test_preference_demo_reduced(tmp_path, caplog):
 
     out = tmp_path / "demo.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # --rm_save_steps 0.7: a checkpoint 70% of the way, before the last step however many pairs
+    # the demo base's samples give (a fixed step count ended on a checkpoint with another base).
     subprocess.run([sys.executable, "scripts/preference_demo.py", "--json", str(out), "--num_pair_images", "16",
                     "--samples_per_image", "3", "--pairs_per_image", "3",
                     "--rm_epochs", "1", "--ppo_steps", "2", "--ppo_batch_size", "8", "--num_eval_scenes", "16",
                     "--num_unseen_scenes", "6", "--min_rm_accuracy", "0", "--rm_backbone_steps", "0",
-                    "--rm_batch_size", "8", "--rm_save_steps", "2"], cwd=ROOT, env=env, check=True, timeout=1800)
+                    "--rm_batch_size", "8", "--rm_save_steps", "0.7"], cwd=ROOT, env=env, check=True, timeout=1800)
     res = json.loads(out.read_text())
     assert 16 < res["pairs"] <= 48  # up to 3 distinct pairs of 3 samples per scene
     assert sum(res["labels"].values()) == res["pairs"]  # every pair labelled over HTTP
@@ -124,8 +126,9 @@ def _resume_labelling_and_reward_model(work, out, res, env, caplog):
     scenes = {r["pair_id"]: r for r in map(json.loads, pairs.read_text().splitlines())}
     oracle = AttributeReward(scoring="net_correct")
     caplog.set_level(logging.INFO)
-    assert demo["label_with_oracle"](work, pairs, work / "labels.sqlite", scenes, oracle, log_every=2) == res["labels"]
-    # Progress from the server's answers: 5 undone, then 2 and 4 of them labelled again.
+    assert demo["label_with_oracle"](work, pairs, work / "labels.sqlite", scenes, oracle, log_every=2,
+                                     batch=2) == res["labels"]
+    # Progress from the server's answers: 5 undone, then 2 and 4 of them labelled again (batches of 2).
     total = res["pairs"]
     assert [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("Oracle labels")] == [
         f"Oracle labels: {total - 3}/{total} in the database", f"Oracle labels: {total - 1}/{total} in the database"]

@@ -109,3 +109,16 @@ def test_bench_memory_quick(tmp_path, monkeypatch):
     assert _finite(m["ppo_over_sft"]) and _finite(m["naive_over_sft"])
     assert m["parameters"] and m["parameters"] > 0
     assert r["all_finite"] is True
+
+
+def test_bench_label_counts_every_label_it_sends(tmp_path):
+    """scripts/bench_label.py against a real server: each batch size labels as its own
+    labeler, and the database holds exactly what each sent (the script checks it, too)."""
+    out = tmp_path / "label.json"
+    _load("bench_label").main(["--num_pairs", "120", "--pairs_per_image", "6", "--batch_sizes", "1", "50",
+                               "--one_by_one_labels", "30", "--json", str(out)])
+    r = json.loads(out.read_text())
+    runs = {run["batch_size"]: run for run in r["runs"]}
+    assert runs[1]["labels"] == runs[1]["stored"] == 30 and runs[1]["requests"] == 60
+    assert runs[50]["labels"] == runs[50]["stored"] == 120 and runs[50]["requests"] == 6  # 50 + 50 + 20
+    assert all(_finite(run["labels_per_s"]) and run["labels_per_s"] > 0 for run in r["runs"])

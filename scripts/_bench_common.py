@@ -140,3 +140,13 @@ def finite(obj) -> bool:
     if isinstance(obj, float):
         return math.isfinite(obj)
     return True
+
+
+def save_result(json_path: str | Path, result: dict, script: str, argv: list[str] | None) -> dict:
+    """Add the machine and the command line (`argv`: main's, None for sys.argv) to `result`
+    and write it to `json_path` as JSON; returns it."""
+    result["machine"] = machine_description()
+    result["command"] = " ".join(["python", f"scripts/{script}", *(sys.argv[1:] if argv is None else argv)])
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(result, indent=1))
+    return result

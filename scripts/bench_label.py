@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import machine_description, table  # noqa: E402
+from _bench_common import save_result, table  # noqa: E402
 
 DEMO = runpy.run_path(str(Path(__file__).resolve().parent / "preference_demo.py"))
 CHOICES = ("A", "B", "tie", "both_bad")
@@ -116,12 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(["batch size", "labels", "requests", "seconds", "labels/s", "x one by one"],
                 [[r["batch_size"], r["labels"], r["requests"], r["seconds"], r["labels_per_s"],
                   r["labels_per_s"] / one if one else float("nan")] for r in rows]))
-    result = {"num_pairs": args.num_pairs, "pairs_per_image": args.pairs_per_image, "server_start_s": startup,
-              "runs": rows, "machine": machine_description(),
-              "command": " ".join(["python", "scripts/bench_label.py", *(sys.argv[1:] if argv is None else argv)])}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
-    return result
+    return save_result(args.json, {"num_pairs": args.num_pairs, "pairs_per_image": args.pairs_per_image,
+                                   "server_start_s": startup, "runs": rows}, "bench_label.py", argv)
 
 
 if __name__ == "__main__":

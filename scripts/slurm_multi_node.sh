@@ -29,8 +29,9 @@ export CONFIG=${CONFIG:-recipes/configs/qwen2_5_vl_coco_ppo.yaml}
 export ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-recipes/accelerate_configs/multi_node.yaml}
 export GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-8}
 export NUM_PROCESSES=$((SLURM_NNODES * GPUS_PER_NODE))
-# Rendezvous on the first node of the allocation.
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# Rendezvous on the first node of the allocation. sed reads every line: `head -n 1` would
+# exit after the first, and scontrol writing the rest gets SIGPIPE, which pipefail makes fatal.
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)
 export MASTER_ADDR
 export MASTER_PORT=${MASTER_PORT:-29500}
 # NCCL: name the interface if the nodes have several (e.g. NCCL_SOCKET_IFNAME=ib0) and

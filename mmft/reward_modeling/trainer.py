@@ -57,6 +57,7 @@ from mmft.reward_modeling import core
 from mmft.reward_modeling.config import RewardModelConfig
 from mmft.reward_modeling.data import EpochSampler, GroupedSampler, pair_keys, unidentified_image_rows
 from mmft.reward_modeling.model import (
+    SHARED_PROMPT_MODEL_TYPES,
     RewardEncoder,
     RewardModel,
     RewardModelInfo,
@@ -193,7 +194,8 @@ class RewardModelTrainer:
             base_fingerprint=self.fingerprint, likelihood=args.likelihood_term, pooling=args.pooling,
         )
         self.encoder = RewardEncoder(self.processor, self.info.model_type, eos, args.max_completion_length,
-                                     args.max_prompt_length)
+                                     args.max_prompt_length,
+                                     share_prompts=args.share_prompts and self.info.model_type in SHARED_PROMPT_MODEL_TYPES)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
 
         # With group_by_image, which rows share an image and prompt (random batches rarely do).
@@ -303,7 +305,8 @@ class RewardModelTrainer:
                 self.batches_in_epoch += 1
                 with self.accelerator.accumulate(self.model):
                     # 1-2. The batch's distinct captions in one forward: rewards [U, K], then [B, K] each.
-                    rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
+                    rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"],
+                                         batch.get("prompt_index"))
                     chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
                     # 3. Bradley-Terry (+ centring); each head weighs pairs by its bootstrap counts.
                     weights = self.boot[batch["index"].cpu()].to(rewards.device)
@@ -391,7 +394,7 @@ class RewardModelTrainer:
         self.model.eval()
         out: dict[str, list] = {"chosen": [], "rejected": [], "index": []}
         for batch in loader:
-            rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
+            rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"], batch.get("prompt_index"))
             chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
             # Gather at the metric boundary only: every rank scored its shard.
             c, r, i = self.accelerator.gather_for_metrics((chosen, rejected, batch["index"]))

@@ -9,6 +9,9 @@ from conftest import preference_dataset, train_reward_model
 from mmft.data.errors import DataError
 from mmft.reward_modeling import core
 from mmft.reward_modeling.data import GroupedSampler, pair_keys
+from mmft.testing.zoo import list_archs
+
+ARCHS = list_archs()
 
 NOISE = " , and some noise noise"
 
@@ -42,27 +45,54 @@ def _trainer(model_dir: str, tmp_path, train, **kwargs):
     return RewardModelTrainer(model_dir, args=args, train_dataset=train)
 
 
-def test_shared_captions_are_scored_once_with_the_same_loss_and_gradients(tiny_vlm_dir, tmp_path):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_captions_are_scored_once_with_the_same_loss_and_gradients(arch, tiny_vlm_dir, tmp_path):
+    """Per pair (24 sequences), each distinct caption once (12), and, where the model type
+    allows it, each image's prompt once with its captions continuing from it (3 + 12):
+    the same rewards, loss and gradients."""
+    from mmft.reward_modeling.model import SHARED_PROMPT_MODEL_TYPES
+
     data = multi_caption_dataset(3)
     keys = pair_keys(data)
     assert len(set(keys)) == 3 and keys[0] == keys[3] != keys[4]  # one key per image (and prompt)
-    trainer = _trainer(tiny_vlm_dir("llava"), tmp_path, data)
+    trainer = _trainer(tiny_vlm_dir(arch), tmp_path, data)
     model = trainer.unwrapped
+    for name, param in model.named_parameters():  # LoRA B starts at 0: make the adapter count
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05, generator=torch.Generator().manual_seed(0))
+    shares = trainer.info.model_type in SHARED_PROMPT_MODEL_TYPES
+    assert trainer.encoder.share_prompts == shares  # on by default where supported
     idx = list(range(12))
+    variants = {"per_pair": (None, False), "captions": (keys, False)}
+    if shares:
+        variants["prompts"] = (keys, True)
     results = {}
-    for name, batch in (("per_pair", trainer.collate(data, idx)), ("shared", trainer.collate(data, idx, keys=keys))):
+    for name, (batch_keys, share) in variants.items():
+        trainer.encoder.share_prompts = share
+        batch = trainer.collate(data, idx, keys=batch_keys)
         model.zero_grad(set_to_none=True)
-        rewards = model(batch["inputs"], batch["last_index"], batch["response_start"])
+        rewards = model(batch["inputs"], batch["last_index"], batch["response_start"], batch.get("prompt_index"))
         chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
         core.bradley_terry_loss(chosen, rejected).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results[name] = (batch["inputs"]["input_ids"].shape[0], chosen.detach(), rejected.detach(), grads)
-    (n_pair, c_pair, r_pair, g_pair), (n_shared, c_shared, r_shared, g_shared) = results["per_pair"], results["shared"]
-    assert (n_pair, n_shared) == (24, 12)  # 12 pairs; 3 images x 4 distinct captions
-    assert torch.allclose(c_pair, c_shared, atol=1e-5) and torch.allclose(r_pair, r_shared, atol=1e-5)
-    assert g_pair.keys() == g_shared.keys() and any("lora_" in n for n in g_pair)
-    for n in g_pair:
-        assert torch.allclose(g_pair[n], g_shared[n], atol=1e-5, rtol=1e-4), n
+    sizes = {name: r[0] for name, r in results.items()}
+    assert sizes == {"per_pair": 24, "captions": 12, **({"prompts": 3} if shares else {})}  # 3 images x 4 captions
+    _, c_pair, r_pair, g_pair = results["per_pair"]
+    assert any("lora_" in n for n in g_pair)
+    for name in variants:
+        _, c, r, g = results[name]
+        assert torch.allclose(c_pair, c, atol=1e-5) and torch.allclose(r_pair, r, atol=1e-5), name
+        assert g_pair.keys() == g.keys(), name
+        for n in g_pair:
+            assert torch.allclose(g_pair[n], g[n], atol=1e-5, rtol=1e-4), (name, n)
+
+
+def test_share_prompts_is_refused_for_models_that_need_one_sequence():
+    from mmft.reward_modeling.model import RewardEncoder
+
+    with pytest.raises(ValueError, match="qwen2_vl models score each response with its prompt"):
+        RewardEncoder(None, "qwen2_vl", 0, share_prompts=True)
 
 
 def test_grouped_sampler_keeps_groups_together_in_a_new_order_each_epoch():
@@ -89,8 +119,10 @@ def test_group_by_image_batches_whole_images_and_learns(tiny_vlm_dir, tmp_path):
                                  per_device_train_batch_size=8, group_by_image=True, eval_shuffled_images=False)
     assert trainer.info.metrics["eval/accuracy"] >= 0.9
     for batch in trainer.train_loader:
-        # 8 pairs = two whole images (48 pairs, 4 per image): 8 captions to score, not 16.
-        assert batch["inputs"]["input_ids"].shape[0] == 8
+        # 8 pairs = two whole images (48 pairs, 4 per image): 8 captions to score, not 16,
+        # after the 2 prompts (share_prompts, on by default for LLaVA).
+        assert batch["inputs"]["response_ids"].shape[0] == 8 and batch["inputs"]["input_ids"].shape[0] == 2
+        assert batch["prompt_index"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
         assert len(set(trainer.train_keys[i] for i in batch["index"].tolist())) == 2
 
 
@@ -133,3 +165,20 @@ def test_ranks_get_different_whole_batches_of_the_grouped_order():
     assert len(shards[0]) == len(shards[1]) == 2
     assert not set(rows[0]) & set(rows[1]) and sorted(rows[0] + rows[1]) == list(range(24))
     assert all(len({keys[i] for i in batch}) == 2 for shard in shards for batch in shard)  # whole images
+
+
+def test_training_with_shared_prompts_matches_one_sequence_per_caption(tiny_vlm_dir, tmp_path):
+    """share_prompts changes how a step is computed, not what it computes: the same losses
+    and held-out rewards over several optimizer steps of whole-image batches."""
+    runs = {}
+    for share in (True, False):
+        trainer = train_reward_model(tiny_vlm_dir("llava"), str(tmp_path / str(share)), multi_caption_dataset(6),
+                                     eval_dataset=multi_caption_dataset(2, offset=100), max_steps=6,
+                                     per_device_train_batch_size=8, group_by_image=True, share_prompts=share,
+                                     eval_shuffled_images=False, logging_steps=1)
+        assert trainer.encoder.share_prompts == share
+        runs[share] = ([h["train/loss"] for h in trainer.log_history if "train/loss" in h],
+                       trainer.predict(trainer.eval_dataset)["chosen"])
+    (loss_shared, held_shared), (loss_plain, held_plain) = runs[True], runs[False]
+    assert len(loss_shared) == 6 and max(abs(a - b) for a, b in zip(loss_shared, loss_plain)) < 1e-4
+    assert torch.allclose(held_shared, held_plain, atol=1e-4)

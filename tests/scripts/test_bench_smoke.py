@@ -122,3 +122,16 @@ def test_bench_label_counts_every_label_it_sends(tmp_path):
     assert runs[1]["labels"] == runs[1]["stored"] == 30 and runs[1]["requests"] == 60
     assert runs[50]["labels"] == runs[50]["stored"] == 120 and runs[50]["requests"] == 6  # 50 + 50 + 20
     assert all(_finite(run["labels_per_s"]) and run["labels_per_s"] > 0 for run in r["runs"])
+
+
+def test_bench_reward_model_times_both_paths(tmp_path):
+    """scripts/bench_reward_model.py: both paths train and score; with shared prompts a
+    step's input holds each scene's prompt once (fewer tokens for the same captions)."""
+    out = tmp_path / "rm.json"
+    _load("bench_reward_model").main(["--captions", "4", "--batch_size", "12", "--steps", "2", "--warmup_steps", "1",
+                                      "--eval_scenes", "2", "--json", str(out)])
+    plain, shared = json.loads(out.read_text())["runs"]
+    assert (plain["share_prompts"], shared["share_prompts"]) == (False, True) and shared["encoder_shares"]
+    assert plain["first_batch_captions"] == shared["first_batch_captions"] == 8  # 2 scenes x 4 captions
+    assert shared["first_batch_input_tokens"] < plain["first_batch_input_tokens"]
+    assert all(_finite(r[k]) and r[k] > 0 for r in (plain, shared) for k in ("s_per_step", "predict_pairs_per_s"))

@@ -62,6 +62,22 @@ def test_each_node_launches_with_its_own_machine_rank(tmp_path):
             "recipes/caption_ppo.py", "--config", "recipes/configs/qwen2_5_vl_coco_ppo.yaml", "--max_steps", "7"]
 
 
+def test_a_long_node_list_does_not_stop_the_job(tmp_path):
+    """Only the first host name is read, but the script must not close the pipe on the rest:
+    under pipefail, `scontrol ... | head -n 1` failed with SIGPIPE (exit 141), every time
+    here with 20,000 names and now and then with 2."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    _recorder(bin_dir / "scontrol", 'for ((i = 0; i < 20000; i++)); do echo "gpu-$i"; done\n')
+    _recorder(bin_dir / "srun", 'while [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=0 "$@"\n')
+    _recorder(bin_dir / "accelerate", f'echo "$*" >> {log}\n')
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_NNODES": "20000", "SLURM_JOB_NODELIST": "gpu-[0-19999]",
+           "SLURM_GPUS_ON_NODE": "8", "SLURM_SUBMIT_DIR": str(tmp_path), "HOME": str(tmp_path)}
+    proc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--main_process_ip gpu-0 " in log.read_text()
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_accelerate_config_opens_with_its_launch_command(name):
     text = (CONFIGS / name).read_text()

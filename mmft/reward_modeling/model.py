@@ -50,6 +50,9 @@ SUM_SCALE = 8.0
 # test_shared_prompts.py checks for each. Qwen-VL's multimodal rotary positions continue from
 # per-prompt offsets that the model keeps between calls, so those stay one sequence per response.
 SHARED_PROMPT_MODEL_TYPES = frozenset({"llava", "idefics3", "paligemma", "gemma3"})
+# The inputs that make a batch one of shared prompts (`RewardEncoder.pairs`): the captions
+# [U, R] and each caption's prompt [U] among the prompts' rows.
+SHARED_PROMPT_KEYS = ("response_ids", "response_mask", "prompt_index")
 
 
 def check_pooling(pooling: str, where: str, error: type[ValueError] = ValueError) -> None:
@@ -163,20 +166,20 @@ def pool_hidden(hidden: torch.Tensor, pooling: str, last_index: torch.Tensor,
     return torch.cat([features[kind] for kind in kinds], -1)
 
 
-def shared_prompt_hidden(backbone: nn.Module, inputs: dict[str, torch.Tensor], prompt_index: torch.Tensor,
-                         model_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_prompt_hidden(backbone: nn.Module, inputs: dict[str, torch.Tensor], model_type: str
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """The last hidden states [U, P + R, H] and input ids [U, P + R] of U responses to
     fewer prompts, each prompt through the backbone once (image encoder included).
 
     `inputs`: the distinct prompts' model inputs [N, P, ...] (left-padded) plus
-    `response_ids` and `response_mask` [U, R]; `prompt_index` [U]: each response's prompt.
+    `response_ids` and `response_mask` [U, R] and `prompt_index` [U], each response's prompt.
     The prompts' keys and values are repeated for their responses, which then run as a
     continuation, at the positions they have after the prompt in one sequence. Gradients
     flow into the prompts' forward (LoRA) through both. With k responses a prompt this
     costs P + kR tokens instead of k(P + R)."""
     inner = inner_model(backbone)
-    prompt = {k: v for k, v in inputs.items() if k not in ("response_ids", "response_mask")}
-    response_ids, response_mask = inputs["response_ids"], inputs["response_mask"]
+    prompt = {k: v for k, v in inputs.items() if k not in SHARED_PROMPT_KEYS}
+    response_ids, response_mask, prompt_index = (inputs[k] for k in SHARED_PROMPT_KEYS)
     # transformers renamed past_key_values to cache during 5.x.
     name = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
     first = inner(**prompt, use_cache=True)
@@ -185,29 +188,29 @@ def shared_prompt_hidden(backbone: nn.Module, inputs: dict[str, torch.Tensor], p
     mask = prompt["attention_mask"]
     continuation = {
         "input_ids": response_ids,
-        "attention_mask": torch.cat([mask[prompt_index], response_mask.to(mask.dtype)], 1),
+        "attention_mask": torch.cat([mask.index_select(0, prompt_index), response_mask.to(mask.dtype)], 1),
         name: cache,
         # Token-type inputs of response tokens, as training_inputs appends them.
         **{key: torch.full_like(response_ids, response_token_type(model_type, key)) for key in SEQUENCE_KEYS
            if key in prompt and key not in ("input_ids", "attention_mask")},
     }
     rest = inner(**continuation, use_cache=True).last_hidden_state
-    hidden = torch.cat([first.last_hidden_state[prompt_index], rest], 1)
-    return hidden, torch.cat([prompt["input_ids"][prompt_index], response_ids], 1)
+    hidden = torch.cat([first.last_hidden_state.index_select(0, prompt_index), rest], 1)
+    return hidden, torch.cat([prompt["input_ids"].index_select(0, prompt_index), response_ids], 1)
 
 
 def score_inputs(backbone: nn.Module, head: RewardHead, inputs: dict[str, torch.Tensor], last_index: torch.Tensor,
-                 response_start: torch.Tensor | None = None, prompt_index: torch.Tensor | None = None) -> torch.Tensor:
+                 response_start: torch.Tensor | None = None) -> torch.Tensor:
     """Rewards [B, K]: the heads on the pooled hidden states (`pool_hidden`; `last_index`
     [B]: each row's last valid token, `response_start` [B]: where its response begins),
     plus, with a likelihood head, its weight times the response's mean log-likelihood.
-    With `prompt_index`, `inputs` are shared prompts and their responses
+    When `inputs` hold SHARED_PROMPT_KEYS, they are shared prompts and their responses
     (`shared_prompt_hidden`)."""
-    if prompt_index is None:
+    if "prompt_index" in inputs:
+        hidden, input_ids = shared_prompt_hidden(backbone, inputs, backbone.config.model_type)
+    else:
         hidden = inner_model(backbone)(**inputs, use_cache=False).last_hidden_state
         input_ids = inputs["input_ids"]
-    else:
-        hidden, input_ids = shared_prompt_hidden(backbone, inputs, prompt_index, backbone.config.model_type)
     features = pool_hidden(hidden, head.pooling, last_index, response_start)
     if not head.likelihood:
         return head(features)
@@ -241,8 +244,8 @@ class RewardModel(nn.Module):
         return self.backbone.config
 
     def forward(self, inputs: dict[str, torch.Tensor], last_index: torch.Tensor,
-                response_start: torch.Tensor | None = None, prompt_index: torch.Tensor | None = None) -> torch.Tensor:
-        return score_inputs(self.backbone, self.head, inputs, last_index, response_start, prompt_index).float()
+                response_start: torch.Tensor | None = None) -> torch.Tensor:
+        return score_inputs(self.backbone, self.head, inputs, last_index, response_start).float()
 
 
 # ---------------------------------------------------------------------------------- encoding
@@ -391,8 +394,8 @@ class RewardEncoder:
         pair). Without keys every row is its own prompt. Returns the inputs [U, ...],
         `chosen_index` and `rejected_index` [B] (each pair's rows among the U), `margin`
         and `index` [B]. With `share_prompts`, when the batch's U captions have fewer
-        prompts, the inputs are those prompts and the captions, and `prompt_index` [U] maps
-        one to the other (`shared_prompt_hidden`)."""
+        prompts, the inputs are those prompts plus SHARED_PROMPT_KEYS: the captions and
+        `prompt_index` [U], each caption's prompt (`shared_prompt_hidden`)."""
         for row, index in zip(rows, indices):
             for column in ("prompt", "chosen", "rejected"):
                 if column not in row:
@@ -418,21 +421,20 @@ class RewardEncoder:
                 positions[column].append(sequence_of[key, text])
         prompts = self.prompts([rows[r]["prompt"] for r in first_rows],
                                [row_images(rows[r], indices[r]) for r in first_rows], [indices[r] for r in first_rows])
-        batch = {}
         if self.share_prompts and len(first_rows) < len(texts):
             # Each distinct prompt once; its responses continue from it (shared_prompt_hidden).
             ids, mask = self.responses(texts)
-            inputs = {**prompts.inputs, "response_ids": ids, "response_mask": mask}
+            inputs = {**prompts.inputs, "response_ids": ids, "response_mask": mask,
+                      "prompt_index": torch.tensor(sequence_prompts, dtype=torch.long)}
             last_index = prompts.prompt_length + mask.sum(-1).long() - 1
             response_start = torch.full_like(last_index, prompts.prompt_length)
-            batch["prompt_index"] = torch.tensor(sequence_prompts, dtype=torch.long)
         else:
             inputs, last_index, response_start = self.layout(prompts.select(sequence_prompts), texts)
         margin = torch.tensor([float(r.get("margin") or 0.0) for r in rows])
         return {"inputs": inputs, "last_index": last_index, "response_start": response_start, "margin": margin,
                 "chosen_index": torch.tensor(positions["chosen"], dtype=torch.long),
                 "rejected_index": torch.tensor(positions["rejected"], dtype=torch.long),
-                "index": torch.tensor(indices, dtype=torch.long), **batch}
+                "index": torch.tensor(indices, dtype=torch.long)}
 
 
 def batch_images(n: int, image=None, images=None) -> list[list]:

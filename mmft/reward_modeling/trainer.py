@@ -305,8 +305,7 @@ class RewardModelTrainer:
                 self.batches_in_epoch += 1
                 with self.accelerator.accumulate(self.model):
                     # 1-2. The batch's distinct captions in one forward: rewards [U, K], then [B, K] each.
-                    rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"],
-                                         batch.get("prompt_index"))
+                    rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
                     chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
                     # 3. Bradley-Terry (+ centring); each head weighs pairs by its bootstrap counts.
                     weights = self.boot[batch["index"].cpu()].to(rewards.device)
@@ -394,7 +393,7 @@ class RewardModelTrainer:
         self.model.eval()
         out: dict[str, list] = {"chosen": [], "rejected": [], "index": []}
         for batch in loader:
-            rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"], batch.get("prompt_index"))
+            rewards = self.model(batch["inputs"], batch["last_index"], batch["response_start"])
             chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
             # Gather at the metric boundary only: every rank scored its shard.
             c, r, i = self.accelerator.gather_for_metrics((chosen, rejected, batch["index"]))

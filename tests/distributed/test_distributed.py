@@ -205,6 +205,32 @@ def test_reward_model_recipe_under_zero3_is_loadable(tiny_vlm_dir, tmp_path):
                        for e in json.loads((out / "log_history.json").read_text())]
 
 
+def test_reward_model_with_shared_prompts_under_zero3_matches_one_sequence_per_caption(tiny_vlm_dir, tmp_path):
+    """Two forwards in one step (each image's prompt, then its captions from the prompt's
+    keys and values) under ZeRO-3's gathered parameters: the same losses and held-out
+    accuracy as one sequence per caption, on 2 ranks."""
+    data = tmp_path / "prefs"
+    _reward_modeling_conftest().multi_caption_dataset(8).save_to_disk(str(data))
+    histories = {}
+    for share in ("true", "false"):
+        out = tmp_path / f"rm_{share}"
+        command = [os.path.join(ROOT, "recipes", "reward_model.py"), "--config",
+                   os.path.join(ROOT, "recipes", "configs", "reward_model.yaml"),
+                   "--model_name_or_path", tiny_vlm_dir("llava"), "--dataset", str(data), "--max_steps", "3",
+                   "--per_device_train_batch_size", "4", "--eval_fraction", "0.25", "--group_by_image", "true",
+                   "--share_prompts", share, "--logging_steps", "1", "--output_dir", str(out)]
+        proc = launch("cpu_zero3.yaml", command, tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        histories[share] = json.loads((out / "log_history.json").read_text())
+    shared, plain = histories["true"], histories["false"]
+    assert [e["step"] for e in shared] == [e["step"] for e in plain] and shared[-1]["step"] == 3
+    assert sum("train/loss" in e for e in shared) == 3 and "eval/accuracy" in shared[-1]
+    for a, b in zip(shared, plain):
+        for key in ("train/loss", "eval/accuracy", "eval/margin"):
+            if key in a or key in b:
+                assert a[key] == pytest.approx(b[key], abs=1e-4), (a["step"], key)
+
+
 def _reward_modeling_conftest():
     """tests/reward_modeling/conftest.py as a plain module (its preference-data builder)."""
     import importlib.util

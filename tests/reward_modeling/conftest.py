@@ -31,6 +31,30 @@ def preference_dataset(n: int, offset: int = 0, margin: bool = False):
     return ds
 
 
+NOISE = " , and some noise noise"
+
+
+def multi_caption_dataset(num_images: int, offset: int = 0):
+    """Four pairs per image over four captions (two references, each also with the noise
+    suffix), in the export format; the caption without the noise is always chosen."""
+    from datasets import Dataset
+
+    from mmft.data.synthetic import load_synthetic_captions
+
+    base = preference_dataset(num_images, offset=offset)
+    rows = {k: [] for k in base.column_names}
+    scenes = load_synthetic_captions("train", num_images + offset)
+    for i in range(num_images):
+        row, refs = base[i], scenes[offset + i]["references"]
+        for a, b in ((0, 0), (1, 1), (0, 1), (1, 0)):  # (clean reference a) over (reference b + noise)
+            for k in base.column_names:
+                rows[k].append(row[k])
+            rows["chosen"][-1] = [{"role": "assistant", "content": refs[a]}]
+            rows["rejected"][-1] = [{"role": "assistant", "content": refs[b] + NOISE}]
+            rows["pair_id"][-1] = f"p{offset + i}-{a}{b}"
+    return Dataset.from_dict(rows, features=base.features)
+
+
 @pytest.fixture(scope="session")
 def prefs():
     """Factory: prefs(n, offset=0, margin=False) -> preference Dataset."""

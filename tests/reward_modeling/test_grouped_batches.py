@@ -4,7 +4,7 @@ batches such pairs together, and the held-out and shuffled-image paths agree wit
 
 import pytest
 import torch
-from conftest import preference_dataset, train_reward_model
+from conftest import multi_caption_dataset, preference_dataset, train_reward_model
 
 from mmft.data.errors import DataError
 from mmft.reward_modeling import core
@@ -12,30 +12,6 @@ from mmft.reward_modeling.data import GroupedSampler, pair_keys
 from mmft.testing.zoo import list_archs
 
 ARCHS = list_archs()
-
-NOISE = " , and some noise noise"
-
-
-def multi_caption_dataset(num_images: int, offset: int = 0):
-    """Four pairs per image over four captions (two references, each also with the noise
-    suffix), in the export format; the caption without the noise is always chosen."""
-    from datasets import Dataset
-
-    from mmft.data.synthetic import load_synthetic_captions
-
-    base = preference_dataset(num_images, offset=offset)
-    rows = {k: [] for k in base.column_names}
-    scenes = load_synthetic_captions("train", num_images + offset)
-    for i in range(num_images):
-        row, refs = base[i], scenes[offset + i]["references"]
-        for a, b in ((0, 0), (1, 1), (0, 1), (1, 0)):  # (clean reference a) over (reference b + noise)
-            for k in base.column_names:
-                rows[k].append(row[k])
-            rows["chosen"][-1] = [{"role": "assistant", "content": refs[a]}]
-            rows["rejected"][-1] = [{"role": "assistant", "content": refs[b] + NOISE}]
-            rows["pair_id"][-1] = f"p{offset + i}-{a}{b}"
-    return Dataset.from_dict(rows, features=base.features)
-
 
 def _trainer(model_dir: str, tmp_path, train, **kwargs):
     from mmft.reward_modeling import RewardModelConfig, RewardModelTrainer
@@ -71,7 +47,7 @@ def test_shared_captions_are_scored_once_with_the_same_loss_and_gradients(arch, 
         trainer.encoder.share_prompts = share
         batch = trainer.collate(data, idx, keys=batch_keys)
         model.zero_grad(set_to_none=True)
-        rewards = model(batch["inputs"], batch["last_index"], batch["response_start"], batch.get("prompt_index"))
+        rewards = model(batch["inputs"], batch["last_index"], batch["response_start"])
         chosen, rejected = rewards[batch["chosen_index"]], rewards[batch["rejected_index"]]
         core.bradley_terry_loss(chosen, rejected).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -122,7 +98,7 @@ def test_group_by_image_batches_whole_images_and_learns(tiny_vlm_dir, tmp_path):
         # 8 pairs = two whole images (48 pairs, 4 per image): 8 captions to score, not 16,
         # after the 2 prompts (share_prompts, on by default for LLaVA).
         assert batch["inputs"]["response_ids"].shape[0] == 8 and batch["inputs"]["input_ids"].shape[0] == 2
-        assert batch["prompt_index"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+        assert batch["inputs"]["prompt_index"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
         assert len(set(trainer.train_keys[i] for i in batch["index"].tolist())) == 2
 
 

@@ -29,6 +29,7 @@ def test_likelihood_term_scores_saves_reloads_and_mounts(tiny_vlm_dir, tmp_path)
     assert scale.shape == (2,) and not torch.allclose(scale, torch.full((2,), 0.7))  # trained
 
     # The reward is exactly the linear heads plus the weight times the mean log-likelihood.
+    trainer.encoder.share_prompts = False  # one sequence per caption, as the forward written out below
     batch = trainer.collate(held_out, list(range(4)))
     inputs, last, start = batch["inputs"], batch["last_index"], batch["response_start"]
     with torch.no_grad():

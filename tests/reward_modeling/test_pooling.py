@@ -31,6 +31,7 @@ def test_last_mean_sum_pooling_scores_saves_reloads_and_mounts(tiny_vlm_dir, tmp
     hidden_size = trainer.info.hidden_size
     assert model.head.score.weight.shape == (2, 3 * hidden_size)
 
+    trainer.encoder.share_prompts = False  # one sequence per caption, as the forward written out below
     batch = trainer.collate(held_out, list(range(4)))
     inputs, last, start = batch["inputs"], batch["last_index"], batch["response_start"]
     # Responses differ in length here, so the mean and the sum are taken over different spans.

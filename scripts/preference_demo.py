@@ -2,13 +2,14 @@
 
     python scripts/preference_demo.py --json outputs/preference_demo.json
 
-1. Pairs: sample four captions per training scene (10,000 scenes; the task's generator
-   makes as many as asked for) from the demo base model and pair up six distinct pairs of
-   them (scripts/make_pairs.py; `--samples_per_image`, `--pairs_per_image`), images saved
-   as PNG beside PAIRS.jsonl.
+1. Pairs: sample eight captions per training scene (20,000 scenes; the task's generator
+   makes as many as asked for) from the demo base model and pair up every two distinct ones,
+   up to 28 pairs (scripts/make_pairs.py; `--samples_per_image`, `--pairs_per_image`), images
+   saved as PNG beside PAIRS.jsonl.
 2. Labels: a real `mmft label serve` server runs in a subprocess on 127.0.0.1; the oracle
    labeler gets a token (`mmft label add-labeler`) and labels every pair through the JSON
-   API (GET /api/next, POST /api/label), preferring the caption that names more of the
+   API, 500 a request (GET /api/pairs, POST /api/labels; the page takes one at a time
+   with /api/next and /api/label), preferring the caption that names more of the
    scene's true attributes correctly (reward_models.AttributeReward, `--oracle_scoring`:
    by default net_correct, the true attributes named minus the wrong claims, so a wrong
    claim cancels a right one); equal scores are "tie".
@@ -73,9 +74,12 @@ class DemoSettings:
     # captions sampled and distinct pairs of them labelled per scene. Labels are the reward
     # model's lever (docs/preference.md): the pairs of more captions a scene served as well as those of
     # more scenes (tenth session) and cost fewer sequences to train on (eight captions: fifteenth).
-    num_pair_images: int = 10000
-    samples_per_image: int = 4
-    pairs_per_image: int = 6
+    # Every pair of eight captions for 20,000 scenes (nineteenth session): held-out 0.928, 79
+    # minutes end to end here; four captions x 6 pairs for 10,000 scenes, the defaults until
+    # then, gave 0.871, and eight for 14,000 gave 0.894 (BENCHMARKS.md).
+    num_pair_images: int = 20000
+    samples_per_image: int = 8
+    pairs_per_image: int = 28
     pair_temperature: float = 1.0
     eval_fraction: float = 0.15  # pairs held out for the reward model's accuracy
     # The reward model's backbone: the demo base's recipe (mmft.demo.DemoBaseSpec) run for this
@@ -87,13 +91,16 @@ class DemoSettings:
     rm_pooling: str = "last+mean+sum"  # RewardModelConfig.pooling: what the heads read
     # 6 epochs of 64 pairs at 1e-3 (held-out 0.882; 0.880 on an H200) beat 3 of 16 at 7e-4 (0.871): with
     # 16 pairs a step, a 4-epoch schedule at 1e-3 broke training down; 64 keep it stable, and a
-    # step costs the same per pair on a CPU (docs/preference.md, tenth session).
-    rm_epochs: float = 6.0
+    # step costs the same per pair on a CPU (docs/preference.md, tenth session). With eight
+    # captions a scene, 4 epochs of 128 (whole scenes, 4.6 a step) reach 0.902 on the sixteenth
+    # session's export and 0.928 here (nineteenth).
+    rm_epochs: float = 4.0
     rm_learning_rate: float = 1e-3
-    rm_batch_size: int = 64
+    rm_batch_size: int = 128
     rm_lora_r: int = 32
     # Batches of whole scenes (RewardModelConfig.group_by_image) score a scene's 4 captions once for
-    # its up to 6 pairs: 0.66 s a step instead of 1.53 s here. With 13 scenes a batch instead of 64
+    # its up to 6 pairs: 0.66 s a step instead of 1.53 s here (twelfth session, four captions);
+    # RewardModelConfig.share_prompts then runs each scene's prompt once for its captions. With 13 scenes a batch instead of 64
     # the reward model learns less per step early (held-out 0.807 against 0.842 after epoch 1), but
     # not by the sixth epoch: 0.871-0.872 against 0.873-0.876 for three seeds of random batches
     # (docs/preference.md, twelfth and thirteenth sessions). On: half the reward model's time.
@@ -121,7 +128,8 @@ class DemoSettings:
     # both): their pairs, labelled by the oracle, give rm_accuracy_unseen_scenes (0: skip).
     num_unseen_scenes: int = 2000
     seed: int = 0
-    # Reward-model checkpoints (the newest kept) for --resume: 250 steps are 3-4 minutes here.
+    # Reward-model checkpoints (the newest kept) for --resume: 250 steps are about 30 s here (3-4
+    # minutes on the shared machine of earlier sessions).
     # Under 1: that share of the training's steps (RewardModelConfig.save_steps).
     rm_save_steps: float = 250.0
 

@@ -110,11 +110,17 @@ def training_inputs(
     out = dict(inputs)
     out["input_ids"] = torch.cat([inputs["input_ids"], response_ids], dim=1)
     out["attention_mask"] = torch.cat([inputs["attention_mask"], response_mask.to(inputs["attention_mask"].dtype)], 1)
-    for key in SEQUENCE_KEYS:
-        if key in inputs and key not in ("input_ids", "attention_mask"):
-            fill = response_token_type(model_type, key)
-            out[key] = torch.cat([inputs[key], torch.full((len(prompts), R), fill, dtype=inputs[key].dtype)], 1)
+    for key, response in response_token_types(inputs, len(prompts), R, model_type).items():
+        out[key] = torch.cat([inputs[key], response], 1)
     return out
+
+
+def response_token_types(prompt_inputs: dict[str, torch.Tensor], rows: int, length: int, model_type: str
+                         ) -> dict[str, torch.Tensor]:
+    """The token-type inputs (SEQUENCE_KEYS other than ids and mask) of `rows` responses of
+    `length` tokens that follow prompts with `prompt_inputs`, one [rows, length] each."""
+    return {key: torch.full((rows, length), response_token_type(model_type, key), dtype=prompt_inputs[key].dtype)
+            for key in SEQUENCE_KEYS if key in prompt_inputs and key not in ("input_ids", "attention_mask")}
 
 
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:

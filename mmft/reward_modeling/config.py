@@ -71,8 +71,9 @@ class RewardModelConfig(TrainingArguments):
     share_prompts: bool = field(
         default=True, metadata={"help": "When a batch scores several captions of one image and prompt (group_by_image, "
                                         "or evaluation), run the prompt through the backbone once and the captions "
-                                        "as its continuation (the same rewards and gradients; about 1.7x faster "
-                                        "steps with 8 captions an image on the preference demo's model). For "
+                                        "as its continuation (the same rewards and gradients; 1.5x faster "
+                                        "steps with 8 captions an image on the preference demo's model, "
+                                        "scripts/bench_reward_model.py). For "
                                         "model types in mmft.reward_modeling.model.SHARED_PROMPT_MODEL_TYPES; "
                                         "others score each caption with its prompt."})
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off (LoRA too) for deterministic "

@@ -30,14 +30,8 @@ from torch import nn
 
 from mmft.data.collator import PromptBatch, VLMCollator
 from mmft.data.errors import DataError
-from mmft.models.arch import (
-    SEQUENCE_KEYS,
-    inner_model,
-    output_embeddings,
-    response_token_type,
-    text_hidden_size,
-)
-from mmft.rollout import training_inputs
+from mmft.models.arch import inner_model, output_embeddings, text_hidden_size
+from mmft.rollout import response_token_types, training_inputs
 
 # What the heads read, per `pooling`: the hidden state of the last valid token (EOS), the
 # mean over the response tokens, and their sum over SUM_SCALE (a typical caption length,
@@ -46,8 +40,8 @@ POOLINGS = {"last": ("last",), "last+mean+sum": ("last", "mean", "sum")}
 SUM_SCALE = 8.0
 # Model types whose responses can be scored after one shared forward of their prompt (its
 # keys and values repeated for each response; `shared_prompt_hidden`): the hidden states then
-# equal those of prompt + response in one sequence, which tests/reward_modeling/
-# test_shared_prompts.py checks for each. Qwen-VL's multimodal rotary positions continue from
+# equal those of prompt + response in one sequence, which
+# tests/reward_modeling/test_grouped_batches.py checks for each. Qwen-VL's multimodal rotary positions continue from
 # per-prompt offsets that the model keeps between calls, so those stay one sequence per response.
 SHARED_PROMPT_MODEL_TYPES = frozenset({"llava", "idefics3", "paligemma", "gemma3"})
 # The inputs that make a batch one of shared prompts (`RewardEncoder.pairs`): the captions
@@ -190,9 +184,7 @@ def shared_prompt_hidden(backbone: nn.Module, inputs: dict[str, torch.Tensor], m
         "input_ids": response_ids,
         "attention_mask": torch.cat([mask.index_select(0, prompt_index), response_mask.to(mask.dtype)], 1),
         name: cache,
-        # Token-type inputs of response tokens, as training_inputs appends them.
-        **{key: torch.full_like(response_ids, response_token_type(model_type, key)) for key in SEQUENCE_KEYS
-           if key in prompt and key not in ("input_ids", "attention_mask")},
+        **response_token_types(prompt, *response_ids.shape, model_type),
     }
     rest = inner(**continuation, use_cache=True).last_hidden_state
     hidden = torch.cat([first.last_hidden_state.index_select(0, prompt_index), rest], 1)
@@ -326,6 +318,12 @@ def row_images(row: dict, index: int) -> list:
     return []
 
 
+def response_positions(prompt_length: int, response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(last_index [B], response_start [B]) of responses after prompts padded to `prompt_length`."""
+    last_index = prompt_length + response_mask.sum(-1).long() - 1
+    return last_index, torch.full_like(last_index, prompt_length)
+
+
 class RewardEncoder:
     """Turns (prompt, images, response text) rows into reward-model inputs.
 
@@ -375,10 +373,7 @@ class RewardEncoder:
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """(inputs, last_index [B], response_start [B])."""
         ids, mask = self.responses(texts)
-        inputs = training_inputs(prompts, ids, mask, self.model_type)
-        last_index = prompts.prompt_length + mask.sum(-1).long() - 1
-        response_start = torch.full_like(last_index, prompts.prompt_length)
-        return inputs, last_index, response_start
+        return (training_inputs(prompts, ids, mask, self.model_type),) + response_positions(prompts.prompt_length, mask)
 
     def __call__(self, prompts: list, images: list[list], texts: list[str], indices: list[int] | None = None
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -426,8 +421,7 @@ class RewardEncoder:
             ids, mask = self.responses(texts)
             inputs = {**prompts.inputs, "response_ids": ids, "response_mask": mask,
                       "prompt_index": torch.tensor(sequence_prompts, dtype=torch.long)}
-            last_index = prompts.prompt_length + mask.sum(-1).long() - 1
-            response_start = torch.full_like(last_index, prompts.prompt_length)
+            last_index, response_start = response_positions(prompts.prompt_length, mask)
         else:
             inputs, last_index, response_start = self.layout(prompts.select(sequence_prompts), texts)
         margin = torch.tensor([float(r.get("margin") or 0.0) for r in rows])
